@@ -1,0 +1,45 @@
+"""xai_bt: explainability-first brain-tumor MRI classification.
+
+The flat public API (imported lazily, so `import xai_bt` stays fast and TensorFlow-free):
+
+    model = xai_bt.load_model("models/default")
+    pred = xai_bt.predict(model, ["scan.jpg"])
+    maps = xai_bt.explain(model, ["scan.jpg"], methods=["gradcam", "smoothgrad"])
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_API = {
+    "load_model": "bundle", "Bundle": "bundle", "Prediction": "bundle", "default_model_path": "bundle",
+    "save_bundle": "bundle",
+    "Preprocessing": "preprocess",
+    "read_image": "imageio", "read_mask": "imageio",
+    "load_dataset": "datasets",
+    "Sample": "sample", "ImageError": "sample", "CLASS_NAMES": "sample", "PLANES": "sample",
+    "build_model": ("architectures", "build"), "ARCHITECTURES": "architectures",
+    "train": "train", "TrainConfig": "train",
+    "evaluate": ("evaluate", "evaluate_bundle"),
+    "explain": "explain", "METHODS": "explain",
+}
+
+__all__ = sorted(_API) + ["predict", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'xai_bt' has no attribute {name!r}")
+    target = _API[name]
+    module, attr = target if isinstance(target, tuple) else (target, name)
+    return getattr(importlib.import_module(f".{module}", __name__), attr)
+
+
+def predict(model, images, batch_size: int = 64, calibrated: bool = True):
+    """Class probabilities for paths or arrays with a loaded bundle (or a bundle path)."""
+    from .bundle import Bundle, load_model
+
+    bundle = model if isinstance(model, Bundle) else load_model(model)
+    return bundle.predict(images, batch_size=batch_size, calibrated=calibrated)

@@ -1,0 +1,30 @@
+"""`python -m xai_bt evaluate MODEL --data ROOT`: official and leakage-free test metrics."""
+from __future__ import annotations
+
+import argparse
+
+from . import fail
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model bundle folder")
+    p.add_argument("--data", required=True, help="dataset root")
+    p.add_argument("--out", help="write metrics.json, metrics.csv and predictions.csv to this folder")
+    p.add_argument("--threshold", type=float, default=0.99,
+                   help="near-duplicate threshold (Pearson r of 32x32 thumbnails) for the leakage-free set")
+    p.add_argument("--raw", action="store_true", help="without temperature scaling")
+    p.add_argument("--update-card", action="store_true", help="store the metrics in the bundle and its card")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
+    p.add_argument("--batch-size", type=int, default=64)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..bundle import BundleError
+    from ..evaluate import evaluate_bundle
+
+    try:
+        evaluate_bundle(args.model, args.data, threshold=args.threshold, batch_size=args.batch_size,
+                        calibrated=not args.raw, write=args.update_card, out=args.out, overwrite=args.overwrite)
+    except (BundleError, FileExistsError, ValueError, FileNotFoundError) as e:
+        return fail(str(e))
+    return 0

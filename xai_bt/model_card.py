@@ -1,0 +1,93 @@
+"""MODEL_CARD.md beside every bundle, rendered from what bundle.json records (never typed by hand)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def render_model_card(config: dict[str, Any]) -> str:
+    """Markdown card: what the model is, its data, split, preprocessing, training command and metrics."""
+    tr = config.get("training", {})
+    tc = tr.get("config", {})
+    lines = [f"# Model card: {config.get('name')}", "",
+             f"- **Kind**: {config['kind']} ({config.get('task', 'tumor')} classifier), architecture "
+             f"`{config.get('arch')}`",
+             f"- **Classes**: {', '.join(config['class_names'])}"]
+    if config.get("view_names"):
+        lines.append(f"- **Views** (first stage): {', '.join(config['view_names'])}; view model "
+                     f"`{config.get('view_model')}`")
+    lines += [f"- **Preprocessing** (applied by every xai_bt path): `{json.dumps(config['preprocessing'])}`; "
+              "input is grayscale in [0, 255], backbone scaling is inside the network",
+              f"- **Last conv layer** (default CAM layer): `{config['last_conv_layer']}`",
+              f"- **Temperature** (calibration): {config.get('temperature', 1.0):.4g}"]
+    if tr:
+        hw = tr.get("hardware", {})
+        lines += ["", "## Training", "",
+                  f"- **Data**: `{tc.get('data')}`; {tr.get('n_train')} training, {tr.get('n_val')} validation, "
+                  f"{tr.get('n_test')} test scans (split in `split.csv`; validation carved out by near-duplicate "
+                  f"group at r >= {tc.get('dedup_threshold')})",
+                  f"- **Command**: `{training_command(tc)}`",
+                  f"- **Time**: {tr.get('seconds', 0) / 60:.1f} min on {hw.get('accelerator', 'none')} "
+                  f"accelerator, {hw.get('cpu_count')} CPU cores ({hw.get('processor')}), Keras "
+                  f"{hw.get('keras')} / {hw.get('backend')} backend",
+                  f"- **Skipped files**: {len(tr.get('skipped_files', []))}"]
+    for data, m in (config.get("metrics") or {}).items():
+        lines += ["", f"## Metrics on `{data}` ({m.get('test_set')})", "",
+                  "| test set | n | accuracy (95% CI) | macro-F1 | macro-AUC |", "|---|---|---|---|---|"]
+        for part in ("official", "leakage_free"):
+            r = m.get(part)
+            if r:
+                ci = r["accuracy_ci"]
+                auc = "n/a" if r.get("macro_auc") is None else f"{r['macro_auc']:.4f}"
+                lines.append(f"| {part.replace('_', '-')} | {r['n']} | {r['accuracy']:.4f} "
+                             f"({ci['low']:.4f}-{ci['high']:.4f}) | {r['macro_f1']:.4f} | {auc} |")
+        for part in ("official", "leakage_free"):
+            r = m.get(part)
+            if not r:
+                continue
+            lines += ["", f"Per class, {part.replace('_', '-')}:", "",
+                      "| class | precision | recall | specificity | F1 | AUC | n |", "|---|---|---|---|---|---|---|"]
+            for c, pc in r["per_class"].items():
+                auc = "n/a" if pc.get("auc") is None else f"{pc['auc']:.4f}"
+                lines.append(f"| {c} | {pc['precision']:.4f} | {pc['recall']:.4f} | {pc['specificity']:.4f} | "
+                             f"{pc['f1']:.4f} | {auc} | {pc['support']} |")
+        lines += ["", f"Reproduce: `python -m xai_bt evaluate {config.get('name')} --data {data}` "
+                      "(from the bundle's parent folder, with the dataset at that path)."]
+    return "\n".join(lines) + "\n"
+
+
+def training_command(tc: dict[str, Any]) -> str:
+    """The `python -m xai_bt train ...` line that repeats a run."""
+    pre = tc.get("preprocessing", {})
+    parts = ["python -m xai_bt train", f"--arch {tc.get('arch')}", f"--data {tc.get('data')}",
+             f"--out {tc.get('out')}"]
+    opts = [("task", "tumor"), ("epochs", None), ("batch_size", None), ("lr", None), ("fine_tune_lr", None),
+            ("freeze_epochs", 0), ("weights", None), ("schedule", "plateau"), ("patience", 6),
+            ("dropout", None), ("val_fraction", 0.15), ("split_csv", None), ("seed", 0), ("limit", None),
+            ("view_model", None), ("strategy", "default")]
+    for key, default in opts:
+        v = tc.get(key)
+        if v is not None and v != default:
+            flag = "--split" if key == "split_csv" else "--" + key.replace("_", "-")
+            parts.append(f"{flag} {v}")
+    if not tc.get("augment", True):
+        parts.append("--no-augment")
+    if pre:
+        parts.append(f"--image-size {pre.get('image_size')}")
+        if not pre.get("crop_to_head", True):
+            parts.append("--crop-to-head no")
+        if pre.get("denoise"):
+            parts.append(f"--denoise {pre['denoise']}")
+        if pre.get("intensity", "none") != "none":
+            parts.append(f"--intensity {pre['intensity']}")
+    return " ".join(parts)
+
+
+def write_model_card(bundle_path: str | Path) -> Path:
+    from .bundle import read_config
+
+    config = read_config(bundle_path)
+    out = Path(bundle_path) / "MODEL_CARD.md"
+    out.write_text(render_model_card(config))
+    return out

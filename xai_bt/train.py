@@ -1,0 +1,397 @@
+"""Train a classifier on real data and save it as a model bundle with its card.
+
+One function, `train`, behind `python -m xai_bt train`. Data are decoded once through the model's
+preprocessing, split without leakage (near-duplicates and patients on one side), fed through tf.data
+(or numpy under the JAX backend, where TensorFlow may be absent), augmented inside the training graph,
+and fitted under a `tf.distribute` strategy. Every epoch is checkpointed, so `--resume` continues a run
+that was killed.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .preprocess import Preprocessing
+from .sample import CLASS_NAMES, PLANES, Sample
+
+TASKS = ("tumor", "view", "cascade")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run; saved in the bundle so the run can be repeated."""
+
+    arch: str
+    data: str
+    out: str
+    task: str = "tumor"
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    fine_tune_lr: float | None = None
+    freeze_epochs: int = 0
+    weights: str | None = None
+    schedule: str = "plateau"         # "plateau" (ReduceLROnPlateau) or "cosine"
+    patience: int = 6
+    weight_decay: float = 1e-4
+    dropout: float | None = None
+    augment: bool = True
+    val_fraction: float = 0.15
+    split_csv: str | None = None
+    dedup_threshold: float = 0.99
+    seed: int = 0
+    limit: int | None = None          # at most this many training images (smoke tests)
+    view_model: str | None = None     # a view bundle: makes a two-stage tumor model
+    strategy: str = "default"
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+
+
+# --- data --------------------------------------------------------------------------------------------
+
+def task_samples(data: str, task: str) -> tuple[list[Sample], list[str]]:
+    """Samples usable for `task` and its class names (tumor classes, or planes for the view task)."""
+    from .datasets import load_dataset
+
+    samples = load_dataset(data)
+    if task == "view":
+        samples = [s for s in samples if s.plane]
+        if not samples:
+            raise ValueError(f"{data}: no plane labels found; the view task needs BRISC-style plane labels")
+        return samples, list(PLANES)
+    samples = [s for s in samples if s.label]
+    present = [c for c in CLASS_NAMES if any(s.label == c for s in samples)]
+    return samples, present
+
+
+def assign_splits(samples: Sequence[Sample], cfg: TrainConfig) -> list[str]:
+    """train / val / test per sample: from a split CSV, from the dataset's own split (validation carved
+    out of Training by near-duplicate group), or a fresh leakage-free split."""
+    from . import splits
+
+    if cfg.split_csv:
+        table = {r["path"]: r["split"] for r in splits.read_split_csv(cfg.split_csv)}
+        missing = [s.path for s in samples if s.path not in table]
+        if missing:
+            raise ValueError(f"{cfg.split_csv}: {len(missing)} samples have no split, e.g. {missing[0]}")
+        return [table[s.path] for s in samples]
+    if any(s.split == "test" for s in samples) and any(s.split == "train" for s in samples):
+        train_idx = [i for i, s in enumerate(samples) if s.split == "train"]
+        sub = splits.split_training([samples[i] for i in train_idx], val_fraction=cfg.val_fraction,
+                                    threshold=cfg.dedup_threshold, seed=cfg.seed)
+        out = ["test" if s.split == "test" else "" for s in samples]
+        for i, part in zip(train_idx, sub):
+            out[i] = part
+        return out
+    return splits.make_split(samples, fractions=(1 - 2 * cfg.val_fraction, cfg.val_fraction, cfg.val_fraction),
+                             threshold=cfg.dedup_threshold, seed=cfg.seed)
+
+
+def labels_of(samples: Sequence[Sample], task: str, class_names: Sequence[str]) -> np.ndarray:
+    key = (lambda s: s.plane) if task == "view" else (lambda s: s.label)
+    return np.array([list(class_names).index(key(s)) for s in samples], np.int32)
+
+
+# --- model pieces ------------------------------------------------------------------------------------
+
+def augmentation(seed: int):
+    """Training-time augmentation as Keras layers (backend-neutral): flips, small rotations, zoom,
+    brightness and contrast. Inactive at inference, and never part of the saved model."""
+    import keras
+    from keras import layers
+
+    return keras.Sequential([
+        layers.RandomFlip("horizontal", seed=seed),
+        layers.RandomRotation(0.03, fill_mode="constant", seed=seed + 1),
+        layers.RandomZoom((-0.1, 0.1), fill_mode="constant", seed=seed + 2),
+        layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed + 3),
+        layers.RandomContrast(0.1, seed=seed + 4),
+    ], name="augmentation")
+
+
+def training_model(model, augment: bool, seed: int):
+    """Wrap the (flat) model with augmentation for fitting; the wrapped model is what gets saved."""
+    import keras
+
+    if not augment:
+        return model
+    aug = augmentation(seed)
+    inputs = [keras.Input(t.shape[1:], name=t.name) for t in model.inputs]
+    first = aug(inputs[0])
+    out = model([first, *inputs[1:]] if len(inputs) > 1 else first)
+    return keras.Model(inputs, out, name=f"train_{model.name}")
+
+
+def get_strategy(name: str):
+    """The tf.distribute strategy for `name`; under a non-TensorFlow backend only 'default' exists."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        if name != "default":
+            raise ValueError(f"--strategy {name} needs the TensorFlow backend (KERAS_BACKEND=tensorflow)")
+        return None
+    import tensorflow as tf
+
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"unknown strategy {name!r}; one of default, mirrored, multiworker")
+
+
+def make_input(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int,
+               extra: np.ndarray | None = None):
+    """tf.data pipeline (uint8 pixels cast to float on the fly) or, without TensorFlow, numpy arrays."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        xs = x.astype(np.float32)[..., None]
+        return ([xs, extra] if extra is not None else xs), y
+    import tensorflow as tf
+
+    feats = (x, extra) if extra is not None else x
+    ds = tf.data.Dataset.from_tensor_slices((feats, y))
+    if shuffle:
+        ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+
+    def cast(f, label):
+        if extra is not None:
+            return (tf.cast(f[0], tf.float32)[..., None], f[1]), label
+        return tf.cast(f, tf.float32)[..., None], label
+
+    return ds.batch(batch_size).map(cast, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE), None
+
+
+# --- the run -------------------------------------------------------------------------------------------
+
+def _fit_phase(model, train_in, val_in, cfg: TrainConfig, lr: float, epochs: tuple[int, int], steps: int,
+               ckpt: Path, strategy):
+    """Compile and fit one phase (frozen backbone, or fine-tuning) with checkpointing for resume."""
+    import keras
+
+    def compile_():
+        if cfg.schedule == "cosine":
+            rate = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, steps * (epochs[1] - epochs[0])))
+        else:
+            rate = lr
+        model.compile(optimizer=keras.optimizers.AdamW(rate, weight_decay=cfg.weight_decay),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+    if strategy is not None:
+        with strategy.scope():
+            compile_()
+    else:
+        compile_()
+    ckpt.mkdir(parents=True, exist_ok=True)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(ckpt / "backup")),
+        keras.callbacks.CSVLogger(str(ckpt / "history.csv"), append=True),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
+        keras.callbacks.ModelCheckpoint(str(ckpt / "best.weights.h5"), monitor="val_loss",
+                                        save_best_only=True, save_weights_only=True),
+    ]
+    if cfg.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
+                                                           patience=max(2, cfg.patience // 2), min_lr=1e-6))
+    x, y = train_in
+    numpy_input = y is not None  # without TensorFlow: arrays that Keras batches and shuffles itself
+    model.fit(x, y, validation_data=val_in, epochs=epochs[1], initial_epoch=epochs[0],
+              batch_size=cfg.batch_size if numpy_input else None, shuffle=numpy_input, callbacks=callbacks,
+              verbose=2)
+
+
+def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Path:
+    """Train `cfg.arch` on `cfg.data` and write the bundle to `cfg.out`; returns its path."""
+    import keras
+
+    from . import architectures
+    from .bundle import BUNDLE_FILE, load_model, save_bundle
+    from .prepared import failed_indices, prepare_samples
+
+    out = Path(cfg.out)
+    ckpt = out / "checkpoints"
+    if (out / BUNDLE_FILE).exists() and not overwrite:
+        raise FileExistsError(f"{out}: a trained model is already there; use --overwrite to replace it")
+    if ckpt.exists() and not resume:
+        if not overwrite:
+            raise FileExistsError(f"{ckpt}: an unfinished run is there; use --resume to continue it "
+                                  "or --overwrite to start over")
+        shutil.rmtree(ckpt)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    (ckpt / "config.json").write_text(json.dumps(cfg.__dict__, indent=2))
+    keras.utils.set_random_seed(cfg.seed)
+    t0 = time.time()
+
+    pre = Preprocessing(**cfg.preprocessing)
+    task = "tumor" if cfg.task == "cascade" else cfg.task
+    samples, class_names = task_samples(cfg.data, task)
+    split = assign_splits(samples, cfg)
+    x_all, errors = prepare_samples(samples, pre)
+    for e in errors:
+        print(f"skipped: {e}")
+    bad = failed_indices(samples, errors)
+    idx = {part: [i for i, p in enumerate(split) if p == part and i not in bad] for part in ("train", "val", "test")}
+    if cfg.limit:  # a random subset of train and validation, for quick checks
+        rng = np.random.default_rng(cfg.seed)
+        for part, n in (("train", cfg.limit), ("val", max(8, cfg.limit // 4))):
+            chosen = set(rng.choice(idx[part], min(n, len(idx[part])), replace=False).tolist())
+            split = ["unused" if i in idx[part] and i not in chosen else p for i, p in enumerate(split)]
+            idx[part] = sorted(chosen)
+    y_all = labels_of(samples, task, class_names)
+    print(f"{cfg.arch} on {cfg.data}: {len(idx['train'])} train / {len(idx['val'])} val / "
+          f"{len(idx['test'])} test scans, classes {class_names}, {pre.image_size}px")
+
+    view_bundle = load_model(cfg.view_model) if cfg.view_model else None
+    stages = _stages(cfg, class_names)
+    networks, last_conv, histories = {}, None, {}
+    for stage, stage_classes, mapping in stages:
+        keep = {k: [i for i in v if mapping(y_all[i]) is not None] for k, v in idx.items()}
+        y_stage = np.array([-1 if mapping(v) is None else mapping(v) for v in y_all], np.int32)
+        extra = None
+        if view_bundle is not None:
+            extra = view_bundle.view_features(x_all.astype(np.float32)[..., None])
+        strategy = get_strategy(cfg.strategy)
+        scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+        with scope:
+            kw = {"dropout": cfg.dropout} if cfg.dropout is not None else {}
+            if task == "view":
+                built = architectures.view_classifier(cfg.arch, pre.image_size, len(stage_classes), cfg.weights)
+            else:
+                built = architectures.build(cfg.arch, pre.image_size, len(stage_classes), cfg.weights,
+                                            extra_input=extra is not None, **kw)
+            fit_model = training_model(built.model, cfg.augment, cfg.seed)
+        last_conv = built.last_conv_layer
+        stage_ckpt = ckpt / stage
+        stage_ckpt.mkdir(exist_ok=True)
+        batch = cfg.batch_size * (strategy.num_replicas_in_sync if strategy is not None else 1)
+
+        def data(part: str, shuffle: bool):
+            ii = np.array(keep[part])
+            return make_input(x_all[ii], y_stage[ii], batch, shuffle, cfg.seed,
+                              None if extra is None else extra[ii])
+
+        train_in = data("train", True)
+        vx, vy = data("val", False)
+        val_in = vx if vy is None else (vx, vy)
+        steps = int(np.ceil(len(keep["train"]) / batch))
+        phases = []
+        if cfg.freeze_epochs and built.backbone_layers:
+            phases.append(("frozen", cfg.lr, (0, min(cfg.freeze_epochs, cfg.epochs))))
+        start = phases[-1][2][1] if phases else 0
+        if start < cfg.epochs:
+            phases.append(("fine_tune", cfg.fine_tune_lr or (cfg.lr / 10 if phases else cfg.lr), (start, cfg.epochs)))
+        for phase, lr, epochs in phases:
+            done = stage_ckpt / f"{phase}.done.weights.h5"
+            frozen = phase == "frozen"
+            for name in built.backbone_layers:
+                layer = built.model.get_layer(name)
+                layer.trainable = not frozen
+            if done.exists():
+                built.model.load_weights(done)
+                continue
+            print(f"[{stage}] phase {phase}: epochs {epochs[0] + 1}-{epochs[1]}, lr {lr:g}")
+            _fit_phase(fit_model, train_in, val_in, cfg, lr, epochs, steps, stage_ckpt / phase, strategy)
+            built.model.save_weights(done)
+        for layer in built.model.layers:
+            layer.trainable = True
+        networks[stage] = built.model
+        histories[stage] = _merge_history(stage_ckpt)
+    train_seconds = time.time() - t0
+
+    kind = "cascade" if cfg.task == "cascade" else ("two_stage" if view_bundle is not None else "single")
+    if kind == "two_stage":
+        networks = {"view": view_bundle.networks["view" if view_bundle.kind == "two_stage" else "model"],
+                    "model": networks["model"]}
+    extra_cfg: dict[str, Any] = {
+        "task": task, "arch": cfg.arch,
+        "training": {"config": {k: v for k, v in cfg.__dict__.items()}, "seconds": round(train_seconds, 1),
+                     "hardware": hardware(), "n_train": len(idx["train"]), "n_val": len(idx["val"]),
+                     "n_test": len(idx["test"]), "skipped_files": [str(e) for e in errors]},
+    }
+    if kind == "two_stage":
+        extra_cfg["view_names"] = list(view_bundle.class_names)
+        extra_cfg["view_model"] = str(cfg.view_model)
+    if kind == "cascade":
+        extra_cfg["stage1_classes"] = stages[0][1]
+        extra_cfg["stage2_classes"] = stages[1][1]
+    bundle_path = save_bundle(out, kind, networks, class_names, pre, last_conv, overwrite=True, **extra_cfg)
+    _write_split(out / "split.csv", samples, split)
+    for stage, merged in histories.items():
+        if merged is not None:
+            shutil.copy(merged, out / ("history.csv" if len(histories) == 1 else f"history_{stage}.csv"))
+    shutil.rmtree(ckpt)
+    print(f"saved {bundle_path} in {train_seconds / 60:.1f} min")
+    return bundle_path
+
+
+def _stages(cfg: TrainConfig, class_names: list[str]):
+    """(network name, its classes, label mapping) per network to train."""
+    if cfg.task != "cascade":
+        return [("model", class_names, lambda v: int(v))]
+    no = class_names.index("no_tumor")
+    types = [c for c in class_names if c != "no_tumor"]
+    return [("stage1", ["no_tumor", "tumor"], lambda v: 0 if v == no else 1),
+            ("stage2", types, lambda v: None if v == no else types.index(class_names[v]))]
+
+
+def _merge_history(stage_dir: Path) -> Path | None:
+    """Merge the per-phase CSV logs of a stage into one history file (None if nothing was logged)."""
+    import csv
+
+    rows = []
+    for phase in ("frozen", "fine_tune"):
+        f = stage_dir / phase / "history.csv"
+        if f.is_file():
+            with open(f) as fh:
+                rows += [dict(r, phase=phase) for r in csv.DictReader(fh)]
+    if not rows:
+        return None
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(stage_dir / "history_merged.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, keys)
+        w.writeheader()
+        w.writerows(rows)
+    return stage_dir / "history_merged.csv"
+
+
+def _write_split(path: Path, samples: Sequence[Sample], split: Sequence[str]) -> None:
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "plane", "split"])
+        for s, part in zip(samples, split):
+            w.writerow([s.path, s.label or "", s.plane or "", part])
+
+
+def hardware() -> dict[str, Any]:
+    """What the run ran on, for the model card."""
+    import os
+
+    import keras
+
+    info = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(), "keras": keras.__version__,
+            "backend": keras.backend.backend(), "accelerator": "none"}
+    if keras.backend.backend() == "jax":
+        import jax
+
+        devs = jax.devices()
+        info["accelerator"] = ", ".join(sorted({getattr(d, "device_kind", d.platform) for d in devs}))
+    elif keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        info["tensorflow"] = tf.__version__
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            info["accelerator"] = f"{len(gpus)} GPU(s)"
+    return info
