@@ -1,0 +1,248 @@
+"""Metrics agree with scikit-learn and with hand computation; tables, figure style and plots behave."""
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+from scipy.special import softmax
+from sklearn.metrics import (
+    average_precision_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from xai_bt import eval_plots, metrics, style
+
+NAMES = ["glioma", "meningioma", "no_tumor", "pituitary"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_predictions(n: int, k: int = 4, seed: int = 0, signal: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and informative (but imperfect) probabilities."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    z = rng.normal(size=(n, k))
+    z[np.arange(n), y] += signal
+    return y, softmax(z, axis=1)
+
+
+def from_confusion(cm: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and one-hot 'probabilities' whose argmax reproduces a given confusion matrix."""
+    k = len(cm)
+    pairs = [(t, pr) for t in range(k) for pr in range(k) for _ in range(cm[t][pr])]
+    y = np.array([t for t, _ in pairs])
+    return y, np.eye(k)[[pr for _, pr in pairs]]
+
+
+# --------------------------------------------------------------------------------------------- report
+def test_report_agrees_with_sklearn():
+    y, p = make_predictions(400)
+    pred = p.argmax(1)
+    r = metrics.classification_report_dict(y, p, NAMES)
+    assert r["accuracy"] == pytest.approx(np.mean(pred == y))
+    assert r["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert r["weighted_f1"] == pytest.approx(f1_score(y, pred, average="weighted"))
+    assert r["macro_auc"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"))
+    assert r["micro_auc"] == pytest.approx(roc_auc_score(np.eye(4)[y], p, average="micro"))
+    assert r["confusion_matrix"] == confusion_matrix(y, pred).tolist()
+    assert np.allclose(np.sum(r["confusion_matrix_normalised"], axis=1), 1)
+    for c, name in enumerate(NAMES):
+        row = r["per_class"][name]
+        assert row["auc"] == pytest.approx(roc_auc_score(y == c, p[:, c]))
+        assert row["average_precision"] == pytest.approx(average_precision_score(y == c, p[:, c]))
+        assert row["precision"] == pytest.approx(precision_score(y == c, pred == c))
+        assert row["recall"] == pytest.approx(recall_score(y == c, pred == c))
+        assert row["support"] == int(np.sum(y == c))
+    json.dumps(r, allow_nan=False)
+
+
+def test_specificity_hand_computed_3x3():
+    # rows = true class. Class 0: TN = 16 - 5 - 1 - 2 = 8, FP = 2 -> 0.8;
+    # class 1: TN = 16 - 3 - 3 - 1 = 9, FP = 1 -> 0.9; class 2: TN = 11, FP = 1 -> 11/12.
+    y, p = from_confusion([[5, 1, 0], [2, 3, 1], [0, 0, 4]])
+    r = metrics.classification_report_dict(y, p)
+    assert [r["per_class"][c]["specificity"] for c in "012"] == pytest.approx([0.8, 0.9, 11 / 12])
+    assert r["per_class"]["1"]["recall"] == pytest.approx(0.5)
+    assert r["averages"]["micro"]["specificity"] == pytest.approx(28 / 32)
+
+
+def test_absent_class_gives_none_not_nan():
+    y, p = make_predictions(100, k=3)
+    y[y == 2] = 0
+    r = metrics.classification_report_dict(y, p)
+    assert r["per_class"]["2"]["auc"] is None and r["macro_auc"] is None
+    json.dumps(r, allow_nan=False)
+
+
+@pytest.mark.parametrize("bad", [np.ones((5, 3)), np.full((5, 3), 1 / 3)[:, :2]])
+def test_rejects_logits_and_wrong_shapes(bad):
+    with pytest.raises(ValueError):
+        metrics.classification_report_dict(np.zeros(5, int), bad)
+
+
+# --------------------------------------------------------------------------------------------- curves
+def test_curves_match_report():
+    y, p = make_predictions(300)
+    r = metrics.classification_report_dict(y, p, NAMES)
+    roc = metrics.roc_curves(y, p, NAMES)
+    pr = metrics.pr_curves(y, p, NAMES)
+    for name in NAMES:
+        assert roc["per_class"][name]["auc"] == pytest.approx(r["per_class"][name]["auc"])
+        assert pr["per_class"][name]["average_precision"] == pytest.approx(r["per_class"][name]["average_precision"])
+    assert roc["micro"]["auc"] == pytest.approx(r["micro_auc"])
+    assert roc["macro"]["auc"] == pytest.approx(r["macro_auc"], abs=0.01)
+    json.dumps(roc, allow_nan=False)
+    json.dumps(pr, allow_nan=False)
+
+
+# --------------------------------------------------------------------------------------------- intervals
+def test_bootstrap_ci_contains_estimate_and_narrows_with_n():
+    def f1_macro(yt: np.ndarray, pp: np.ndarray) -> float:
+        return f1_score(yt, pp.argmax(1), average="macro")
+
+    widths = []
+    for n in (200, 2000):
+        y, p = make_predictions(n, seed=n)
+        ci = metrics.bootstrap_ci(f1_macro, y, p, n_boot=100, seed=1)
+        assert ci["low"] <= ci["estimate"] <= ci["high"]
+        assert ci["n_valid"] == 100
+        widths.append(ci["high"] - ci["low"])
+    assert widths[1] < 0.6 * widths[0]  # ~1/sqrt(10) in theory
+
+
+def test_vectorised_auc_ci_equals_generic_bootstrap():
+    """auc_with_ci draws the same resamples as bootstrap_ci, so its intervals must match exactly
+    (coarse logits make many tied scores, which AUC counts as one half)."""
+    y, p = make_predictions(300, signal=1.0)
+    p = softmax(np.round(np.log(p)), axis=1)
+    fast = metrics.auc_with_ci(y, p, n_boot=40, seed=3)
+    for c in (0, 3):
+        slow = metrics.bootstrap_ci(lambda yt, pp: roc_auc_score(yt == c, pp[:, c]), y, p, n_boot=40, seed=3)
+        for key in ("estimate", "low", "high"):
+            assert fast["per_class"][str(c)][key] == pytest.approx(slow[key], abs=1e-12)
+    slow = metrics.bootstrap_ci(lambda yt, pp: roc_auc_score(yt, pp, multi_class="ovr"), y, p, n_boot=40, seed=3)
+    assert [fast["macro"][k] for k in ("estimate", "low", "high")] == pytest.approx(
+        [slow[k] for k in ("estimate", "low", "high")], abs=1e-12)
+    slow = metrics.bootstrap_ci(lambda yt, pp: roc_auc_score(np.eye(4)[yt].ravel(), pp.ravel()), y, p,
+                                n_boot=40, seed=3, stratified=False)
+    fast = metrics.auc_with_ci(y, p, n_boot=40, seed=3, stratified=False)
+    assert [fast["micro"][k] for k in ("low", "high")] == pytest.approx([slow[k] for k in ("low", "high")], abs=1e-12)
+
+
+def test_auc_with_ci_is_fast_on_benchmark_size():
+    y, p = make_predictions(1311)
+    start = time.perf_counter()
+    result = metrics.auc_with_ci(y, p, NAMES, n_boot=1000)
+    assert time.perf_counter() - start < 10  # ~1 s on two shared cores
+    assert result["macro"]["low"] < result["macro"]["estimate"] < result["macro"]["high"]
+    json.dumps(result, allow_nan=False)
+
+
+def test_accuracy_wilson_interval_textbook_value():
+    y, p = from_confusion([[8, 2], [0, 0]])  # 8 of 10 correct
+    ci = metrics.accuracy_ci(y, p)
+    assert ci["method"] == "wilson"
+    assert (ci["low"], ci["high"]) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+
+
+# --------------------------------------------------------------------------------------------- tables
+def test_tables_written_escaped_and_not_overwritten(tmp_path):
+    y, p = make_predictions(200)
+    rows = metrics.to_rows(metrics.classification_report_dict(y, p, NAMES))
+    assert [r["class"] for r in rows] == NAMES + ["macro avg", "weighted avg", "micro avg"]
+    paths = metrics.write_tables(rows, tmp_path / "sub" / "report")
+    assert [x.suffix for x in paths] == [".csv", ".md", ".tex"]
+    with paths[0].open() as fh:
+        back = list(csv.DictReader(fh))
+    assert float(back[0]["auc"]) == pytest.approx(rows[0]["auc"])
+    md = paths[1].read_text().splitlines()
+    assert md[0].startswith("| class | precision") and len(md) == len(rows) + 2
+    tex = paths[2].read_text()
+    assert r"no\_tumor" in tex and r"\toprule" in tex and "no_tumor" not in tex
+    with pytest.raises(FileExistsError, match="report.md"):
+        paths[0].unlink()
+        metrics.write_tables(rows, tmp_path / "sub" / "report")
+    assert not paths[0].exists()  # nothing written when any target exists
+
+
+# --------------------------------------------------------------------------------------------- style & plots
+def test_save_figure_refuses_to_overwrite(tmp_path):
+    fig = Figure()
+    fig.add_subplot().plot([0, 1])
+    written = style.save_figure(fig, tmp_path / "fig", formats=("png", "svg"))
+    assert all(x.exists() for x in written)
+    with pytest.raises(FileExistsError, match="fig.png"):
+        style.save_figure(fig, tmp_path / "fig", formats=("png",))
+    assert style.save_figure(fig, tmp_path / "fig", formats=("png",), overwrite=True) == [tmp_path / "fig.png"]
+
+
+def test_style_constants():
+    assert style.ONE_COLUMN[0] == 3.5 and style.TWO_COLUMN[0] == 7.2
+    assert set(style.CLASS_COLORS) == set(NAMES) and len(set(style.CLASS_COLORS.values())) == 4
+    assert "jet" not in {style.HEATMAP_CMAP, style.MATRIX_CMAP, style.DIVERGING_CMAP}
+    with style.style_context():
+        assert matplotlib.rcParams["pdf.fonttype"] == 42 and matplotlib.rcParams["svg.fonttype"] == "none"
+
+
+def _figures() -> dict[str, Figure]:
+    y, p = make_predictions(200)
+    cm = metrics.classification_report_dict(y, p, NAMES)["confusion_matrix"]
+    history = {"loss": [1.0, 0.6, 0.4], "val_loss": [1.1, 0.8, 0.9], "accuracy": [0.5, 0.7, 0.8],
+               "val_accuracy": [0.4, 0.6, 0.7], "learning_rate": [1e-3, 5e-4, 1e-4]}
+    rows = [{"name": "cnn", "accuracy": 0.87, "ci_low": 0.85, "ci_high": 0.89, "leakage_free_accuracy": 0.8,
+             "leakage_free_ci_low": 0.77, "leakage_free_ci_high": 0.83},
+            {"name": "peer", "accuracy": 0.93, "ci_low": 0.92, "ci_high": 0.94}]
+    return {
+        "roc": eval_plots.plot_roc(y, p, NAMES, n_boot=100),
+        "pr": eval_plots.plot_pr(y, p, NAMES),
+        "confusion": eval_plots.plot_confusion(cm, NAMES),
+        "confusion_counts": eval_plots.plot_confusion(cm, NAMES, normalise=False),
+        "reliability": eval_plots.plot_reliability(y, p, class_index=2, class_names=NAMES),
+        "reliability_grid": eval_plots.plot_reliability_grid(y, p, NAMES),
+        "training": eval_plots.plot_training_curves(history),
+        "comparison": eval_plots.plot_architecture_comparison(rows),
+    }
+
+
+def test_plots_render_headless_with_embedded_truetype(tmp_path):
+    with matplotlib.rc_context({"pdf.fonttype": 3}):  # save_figure must override a Type 3 default
+        for name, fig in _figures().items():
+            assert isinstance(fig, Figure), name
+            (pdf,) = style.save_figure(fig, tmp_path / name, formats=("pdf",))
+            data = pdf.read_bytes()
+            assert b"/FontFile2" in data and b"/Type3" not in data, name
+
+
+def test_plots_draw_on_given_axes_and_read_csv_history(tmp_path):
+    fig = Figure(figsize=style.TWO_COLUMN)
+    left, right = fig.subplots(1, 2)
+    y, p = make_predictions(100)
+    assert eval_plots.plot_roc(y, p, NAMES, ci=False, ax=left) is fig
+    assert eval_plots.plot_reliability(y, p, ax=right) is fig
+    assert "ECE" in right.get_title()
+    log = tmp_path / "log.csv"
+    log.write_text("epoch,loss,val_loss\n0,1.0,1.2\n1,0.5,0.9\n")
+    fig = eval_plots.plot_training_curves(log)
+    assert len(fig.axes) == 1 and list(fig.axes[0].lines[0].get_xdata()) == [1, 2]
+
+
+def test_metric_modules_do_not_import_deep_learning_frameworks():
+    """These modules must stay importable without TensorFlow/Keras (evaluation from saved predictions)."""
+    for module in ("metrics", "calibration", "style", "eval_plots"):
+        tree = ast.parse((REPO / "xai_bt" / f"{module}.py").read_text())
+        names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        names |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert not {n.split(".")[0] for n in names} & {"tensorflow", "keras", "torch", "jax"}, module
