@@ -101,6 +101,22 @@ def xai_cnn(size: int, n_classes: int, weights: str | None = None, dropout: floa
     return _finish(inp, x, f"stage{len(widths) - 1}_out", n_classes, dropout, [], "xai_cnn", extra_input)
 
 
+def plane_cnn(size: int, n_classes: int, weights: str | None = None, dropout: float = 0.2,
+              extra_input: bool = False, **_) -> Architecture:
+    """A small CNN that looks at a 4x downsampled copy of the input: enough for coarse anatomy such
+    as the imaging plane, and cheap enough to train on a CPU at the tumor model's input size."""
+    inp = _image_input(size)
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inp)
+    x = layers.AveragePooling2D(4, name="downsample")(x)
+    for i, f in enumerate((32, 64, 128, 192), 1):
+        x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.Activation("relu", name=f"act{i}")(x)
+        if i < 4:
+            x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
+    return _finish(inp, x, "act4", n_classes, dropout, [], "plane_cnn", extra_input)
+
+
 # --- pretrained backbones -----------------------------------------------------------------------
 
 def _keras_app(app: Callable, scale: Callable, last_conv: str, name: str):
@@ -173,6 +189,7 @@ def view_classifier(backbone: str, size: int, n_planes: int = 3, weights: str | 
 ARCHITECTURES: dict[str, Callable[..., Architecture]] = {
     "baseline_cnn": baseline_cnn,
     "xai_cnn": xai_cnn,
+    "plane_cnn": plane_cnn,
     "vgg16": vgg16,
     "resnet50": resnet50,
     "mobilenetv2": mobilenetv2,
@@ -185,7 +202,7 @@ def build(arch: str, size: int, n_classes: int, weights: str | None = None, **kw
     """Build a classifier by name; a clear error lists the names we know."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-    if arch in ("baseline_cnn", "xai_cnn") and _resolve_weights(weights) is not None:
+    if arch in ("baseline_cnn", "xai_cnn", "plane_cnn") and _resolve_weights(weights) is not None:
         if str(weights) in ("imagenet", "pypi"):
             raise ValueError(f"{arch} is trained from scratch; it has no ImageNet weights")
         built = ARCHITECTURES[arch](size, n_classes, **kw)

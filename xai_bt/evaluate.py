@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,33 +17,46 @@ import numpy as np
 from .sample import Sample
 
 
-def evaluation_samples(bundle, samples: Sequence[Sample]) -> tuple[list[Sample], list[Sample], str]:
-    """(scans to evaluate on, scans the model learnt from, description of the test set)."""
-    trained = _training_samples(bundle)
-    trained_paths = {s.path for s in trained}
-    split_table = _split_table(bundle)
-    own = [s for s in samples if split_table.get(s.path) == "test"]
-    if own:
-        return own, trained, "held-out test split of the model's own split.csv"
+def evaluation_samples(bundle, samples: Sequence[Sample], data: str,
+                       train_data: str | None = None) -> tuple[list[Sample], list[Sample], str]:
+    """(scans to evaluate on, scans the model learnt from, description of the test set).
+
+    The bundle's split.csv holds paths relative to its training data root; `train_data` says where
+    that root is now (default: the recorded path if it exists, else `data` when it is the same dataset)."""
+    table = split_table(bundle)
+    same_dataset = Path(data).resolve().name == Path(_recorded_root(bundle)).name
+    root = train_data or (_recorded_root(bundle) if Path(_recorded_root(bundle)).is_dir() else None)
+    root = root or (data if same_dataset else None)
+    trained = [Sample(path=os.path.join(root, rel)) for rel, part in table.items()
+               if part in ("train", "val")] if root else []
+    trained = [s for s in trained if Path(s.path).is_file()]
+    if same_dataset:
+        own = [s for s in samples if table.get(_rel(s.path, data)) == "test"]
+        if own:
+            return own, trained, "held-out test split of the model's own split.csv"
     official = [s for s in samples if s.split == "test"]
     if official:
         return official, trained, "official test split"
-    unseen = [s for s in samples if s.path not in trained_paths]
+    used = {os.path.normpath(s.path) for s in trained}
+    unseen = [s for s in samples if os.path.normpath(s.path) not in used]
     return unseen, trained, "all scans of the dataset not used in training"
 
 
-def _split_table(bundle) -> dict[str, str]:
+def _recorded_root(bundle) -> str:
+    return bundle.config.get("training", {}).get("config", {}).get("data", "")
+
+
+def _rel(path: str, root: str) -> str:
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
+def split_table(bundle) -> dict[str, str]:
+    """relative path -> train / val / test / unused, from the bundle's split.csv (empty if none)."""
     f = Path(bundle.path) / "split.csv"
     if not f.is_file():
         return {}
     with open(f, newline="") as fh:
         return {r["path"]: r["split"] for r in csv.DictReader(fh)}
-
-
-def _training_samples(bundle) -> list[Sample]:
-    """The scans a bundle learnt from (train and validation rows of its split.csv that exist here)."""
-    rows = [p for p, part in _split_table(bundle).items() if part in ("train", "val")]
-    return [Sample(path=p) for p in rows if Path(p).is_file()]
 
 
 def labels_for(bundle, samples: Sequence[Sample]) -> np.ndarray:
@@ -65,7 +79,8 @@ def predict_samples(bundle, samples: Sequence[Sample], batch_size: int = 64, cal
 
 
 def evaluate_bundle(model, data: str, threshold: float = 0.99, batch_size: int = 64, calibrated: bool = True,
-                    write: bool = False, out: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+                    write: bool = False, out: str | None = None, overwrite: bool = False,
+                    train_data: str | None = None) -> dict[str, Any]:
     """Metrics of a bundle on `data`: official test split and leakage-free subset, with 95% CIs.
 
     With `write`, the results are also stored in the bundle (bundle.json `metrics`, MODEL_CARD.md)."""
@@ -77,7 +92,7 @@ def evaluate_bundle(model, data: str, threshold: float = 0.99, batch_size: int =
 
     bundle = model if isinstance(model, Bundle) else load_model(model)
     samples = load_dataset(data)
-    test, trained, description = evaluation_samples(bundle, samples)
+    test, trained, description = evaluation_samples(bundle, samples, data, train_data)
     y = labels_for(bundle, test)
     labelled = [i for i in range(len(test)) if y[i] >= 0]
     test, y = [test[i] for i in labelled], y[labelled]

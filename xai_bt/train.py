@@ -51,6 +51,7 @@ class TrainConfig:
     limit: int | None = None          # at most this many training images (smoke tests)
     view_model: str | None = None     # a view bundle: makes a two-stage tumor model
     strategy: str = "default"
+    time_limit: float | None = None   # minutes; training stops after the epoch that passes it
     preprocessing: dict[str, Any] = field(default_factory=dict)
 
 
@@ -82,11 +83,11 @@ def assign_splits(samples: Sequence[Sample], cfg: TrainConfig) -> list[str]:
         if missing:
             raise ValueError(f"{cfg.split_csv}: {len(missing)} samples have no split, e.g. {missing[0]}")
         return [table[s.path] for s in samples]
-    if any(s.split == "test" for s in samples) and any(s.split == "train" for s in samples):
+    if any(s.split == "train" for s in samples):  # the dataset's own split: validation comes out of train
         train_idx = [i for i, s in enumerate(samples) if s.split == "train"]
         sub = splits.split_training([samples[i] for i in train_idx], val_fraction=cfg.val_fraction,
                                     threshold=cfg.dedup_threshold, seed=cfg.seed)
-        out = ["test" if s.split == "test" else "" for s in samples]
+        out = ["test" if s.split == "test" else "unused" for s in samples]
         for i, part in zip(train_idx, sub):
             out[i] = part
         return out
@@ -112,7 +113,7 @@ def augmentation(seed: int):
         layers.RandomRotation(0.03, fill_mode="constant", seed=seed + 1),
         layers.RandomZoom((-0.1, 0.1), fill_mode="constant", seed=seed + 2),
         layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed + 3),
-        layers.RandomContrast(0.1, seed=seed + 4),
+        layers.RandomContrast(0.1, value_range=(0, 255), seed=seed + 4),
     ], name="augmentation")
 
 
@@ -173,8 +174,21 @@ def make_input(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, see
 
 # --- the run -------------------------------------------------------------------------------------------
 
+def _time_limit_callback(deadline: float):
+    """Stop after the epoch that passes `deadline` (a job's wall-clock limit), keeping what was learnt."""
+    import keras
+
+    class TimeLimit(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if time.time() > deadline:
+                print(f"time limit reached after epoch {epoch + 1}; stopping")
+                self.model.stop_training = True
+
+    return TimeLimit()
+
+
 def _fit_phase(model, train_in, val_in, cfg: TrainConfig, lr: float, epochs: tuple[int, int], steps: int,
-               ckpt: Path, strategy):
+               ckpt: Path, strategy, deadline: float | None = None):
     """Compile and fit one phase (frozen backbone, or fine-tuning) with checkpointing for resume."""
     import keras
 
@@ -199,6 +213,8 @@ def _fit_phase(model, train_in, val_in, cfg: TrainConfig, lr: float, epochs: tup
         keras.callbacks.ModelCheckpoint(str(ckpt / "best.weights.h5"), monitor="val_loss",
                                         save_best_only=True, save_weights_only=True),
     ]
+    if deadline is not None:
+        callbacks.append(_time_limit_callback(deadline))
     if cfg.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
                                                            patience=max(2, cfg.patience // 2), min_lr=1e-6))
@@ -207,6 +223,9 @@ def _fit_phase(model, train_in, val_in, cfg: TrainConfig, lr: float, epochs: tup
     model.fit(x, y, validation_data=val_in, epochs=epochs[1], initial_epoch=epochs[0],
               batch_size=cfg.batch_size if numpy_input else None, shuffle=numpy_input, callbacks=callbacks,
               verbose=2)
+    best = ckpt / "best.weights.h5"
+    if best.exists():  # the epoch with the lowest validation loss, however the phase ended
+        model.load_weights(best)
 
 
 def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Path:
@@ -244,7 +263,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
         rng = np.random.default_rng(cfg.seed)
         for part, n in (("train", cfg.limit), ("val", max(8, cfg.limit // 4))):
             chosen = set(rng.choice(idx[part], min(n, len(idx[part])), replace=False).tolist())
-            split = ["unused" if i in idx[part] and i not in chosen else p for i, p in enumerate(split)]
+            dropped = set(idx[part]) - chosen
+            split = ["unused" if i in dropped else p for i, p in enumerate(split)]
             idx[part] = sorted(chosen)
     y_all = labels_of(samples, task, class_names)
     print(f"{cfg.arch} on {cfg.data}: {len(idx['train'])} train / {len(idx['val'])} val / "
@@ -299,7 +319,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
                 built.model.load_weights(done)
                 continue
             print(f"[{stage}] phase {phase}: epochs {epochs[0] + 1}-{epochs[1]}, lr {lr:g}")
-            _fit_phase(fit_model, train_in, val_in, cfg, lr, epochs, steps, stage_ckpt / phase, strategy)
+            deadline = t0 + 60 * cfg.time_limit if cfg.time_limit else None
+            _fit_phase(fit_model, train_in, val_in, cfg, lr, epochs, steps, stage_ckpt / phase, strategy, deadline)
             built.model.save_weights(done)
         for layer in built.model.layers:
             layer.trainable = True
@@ -324,7 +345,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
         extra_cfg["stage1_classes"] = stages[0][1]
         extra_cfg["stage2_classes"] = stages[1][1]
     bundle_path = save_bundle(out, kind, networks, class_names, pre, last_conv, overwrite=True, **extra_cfg)
-    _write_split(out / "split.csv", samples, split)
+    _write_split(out / "split.csv", samples, split, cfg.data)
     for stage, merged in histories.items():
         if merged is not None:
             shutil.copy(merged, out / ("history.csv" if len(histories) == 1 else f"history_{stage}.csv"))
@@ -363,14 +384,16 @@ def _merge_history(stage_dir: Path) -> Path | None:
     return stage_dir / "history_merged.csv"
 
 
-def _write_split(path: Path, samples: Sequence[Sample], split: Sequence[str]) -> None:
+def _write_split(path: Path, samples: Sequence[Sample], split: Sequence[str], root: str) -> None:
+    """The split a model was trained on, with paths relative to the data root so it travels."""
     import csv
+    import os
 
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "label", "plane", "split"])
         for s, part in zip(samples, split):
-            w.writerow([s.path, s.label or "", s.plane or "", part])
+            w.writerow([Path(os.path.relpath(s.path, root)).as_posix(), s.label or "", s.plane or "", part])
 
 
 def hardware() -> dict[str, Any]:

@@ -12,6 +12,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="write metrics.json, metrics.csv and predictions.csv to this folder")
     p.add_argument("--threshold", type=float, default=0.99,
                    help="near-duplicate threshold (Pearson r of 32x32 thumbnails) for the leakage-free set")
+    p.add_argument("--train-data", help="where the model's training data is now, if it moved "
+                                        "(for the leakage check; default: the path recorded at training)")
     p.add_argument("--raw", action="store_true", help="without temperature scaling")
     p.add_argument("--update-card", action="store_true", help="store the metrics in the bundle and its card")
     p.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
@@ -24,7 +26,8 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         evaluate_bundle(args.model, args.data, threshold=args.threshold, batch_size=args.batch_size,
-                        calibrated=not args.raw, write=args.update_card, out=args.out, overwrite=args.overwrite)
+                        calibrated=not args.raw, write=args.update_card, out=args.out, overwrite=args.overwrite,
+                        train_data=args.train_data)
     except (BundleError, FileExistsError, ValueError, FileNotFoundError) as e:
         return fail(str(e))
     return 0

@@ -36,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="use at most this many training scans (quick checks)")
     p.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker"],
                    help="tf.distribute strategy")
+    p.add_argument("--time-limit", type=float, help="minutes: stop after the epoch that passes it (job wall limits)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoints")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--no-evaluate", action="store_true", help="skip the test-split evaluation after training")
@@ -49,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, fine_tune_lr=args.fine_tune_lr, freeze_epochs=args.freeze_epochs,
         weights=args.weights, schedule=args.schedule, patience=args.patience, dropout=args.dropout,
         augment=not args.no_augment, val_fraction=args.val_fraction, split_csv=args.split_csv, seed=args.seed,
-        limit=args.limit, view_model=args.view_model, strategy=args.strategy,
+        limit=args.limit, time_limit=args.time_limit, view_model=args.view_model, strategy=args.strategy,
         preprocessing={"image_size": args.image_size, "crop_to_head": args.crop_to_head == "yes",
                        "denoise": args.denoise, "intensity": args.intensity},
     )
