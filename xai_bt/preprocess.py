@@ -119,7 +119,7 @@ def head_bounding_box(gray: np.ndarray, margin: float = 0.02) -> tuple[int, int,
     if area < 0.05 * h * w:
         return 0, h, 0, w
     my, mx = int(round(margin * h)), int(round(margin * w))
-    return max(0, y - my), min(h, y + bh + my), max(0, x - mx), min(w, x + bw + mx)
+    return int(max(0, y - my)), int(min(h, y + bh + my)), int(max(0, x - mx)), int(min(w, x + bw + mx))
 
 
 def _denoise(img: np.ndarray, mode: str | None) -> np.ndarray:

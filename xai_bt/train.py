@@ -234,6 +234,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
 
     from . import architectures
     from .bundle import BUNDLE_FILE, load_model, save_bundle
+    from .model_card import write_model_card
     from .prepared import failed_indices, prepare_samples
 
     out = Path(cfg.out)
@@ -346,6 +347,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
         extra_cfg["stage2_classes"] = stages[1][1]
     bundle_path = save_bundle(out, kind, networks, class_names, pre, last_conv, overwrite=True, **extra_cfg)
     _write_split(out / "split.csv", samples, split, cfg.data)
+    write_model_card(out)
     for stage, merged in histories.items():
         if merged is not None:
             shutil.copy(merged, out / ("history.csv" if len(histories) == 1 else f"history_{stage}.csv"))

@@ -1,0 +1,130 @@
+"""Training, saving, loading and predicting end to end on a handful of real scans."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xai_bt import cli
+from xai_bt.bundle import BundleError, combine_cascade, load_model
+from xai_bt.train import TrainConfig, train
+
+from conftest import SAMPLES
+
+
+def _cfg(data, out, **kw):
+    base = dict(arch="xai_cnn", data=str(data), out=str(out), epochs=1, batch_size=8, patience=2,
+                preprocessing={"image_size": 48})
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def single(tiny_benchmark, tmp_path_factory):
+    return train(_cfg(tiny_benchmark, tmp_path_factory.mktemp("m") / "single"))
+
+
+def test_bundle_contents_and_card(single):
+    cfg = json.loads((single / "bundle.json").read_text())
+    assert cfg["class_names"] == ["glioma", "meningioma", "no_tumor", "pituitary"]
+    assert cfg["preprocessing"]["image_size"] == 48 and cfg["kind"] == "single"
+    assert not (single / "checkpoints").exists()
+    assert "python -m xai_bt train --arch xai_cnn" in (single / "MODEL_CARD.md").read_text()
+    rows = (single / "split.csv").read_text().splitlines()
+    assert rows[1].startswith("Testing/") or rows[1].startswith("Training/")
+
+
+def test_save_load_predict_identical(single):
+    a, b = load_model(single), load_model(single / "model.keras")
+    files = sorted(str(p) for p in SAMPLES.glob("*.jpg"))
+    pa, pb = a.predict(files), b.predict(files)
+    assert np.array_equal(pa.probabilities, pb.probabilities)
+    assert pa.probabilities.shape == (4, 4) and np.allclose(pa.probabilities.sum(1), 1)
+    # arrays and paths give the same answer: one preprocessing for every input
+    from xai_bt.imageio import read_image
+    pc = a.predict([read_image(f) for f in files])
+    assert np.allclose(pa.probabilities, pc.probabilities, atol=1e-6)
+
+
+def test_refuses_to_overwrite_and_resumes(single, tiny_benchmark):
+    with pytest.raises(FileExistsError, match="overwrite"):
+        train(_cfg(tiny_benchmark, single))
+    out = single.parent / "interrupted"
+    (out / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(_cfg(tiny_benchmark, out))
+    assert (train(_cfg(tiny_benchmark, out), resume=True) / "bundle.json").exists()
+
+
+def test_evaluate_reports_official_and_leakage_free(single, tiny_benchmark, tmp_path):
+    from xai_bt.evaluate import evaluate_bundle
+
+    res = evaluate_bundle(single, str(tiny_benchmark), out=str(tmp_path / "ev"))
+    assert res["official"]["n"] == 12 and 0 <= res["leakage_free"]["n"] <= 12
+    assert {"metrics.json", "metrics.csv", "predictions.csv"} <= {p.name for p in (tmp_path / "ev").iterdir()}
+    with pytest.raises(FileExistsError):
+        evaluate_bundle(single, str(tiny_benchmark), out=str(tmp_path / "ev"))
+
+
+def test_cascade_and_two_stage(tiny_benchmark, tmp_path):
+    casc = load_model(train(_cfg(tiny_benchmark, tmp_path / "cascade", task="cascade")))
+    assert casc.kind == "cascade" and casc.config["stage2_classes"] == ["glioma", "meningioma", "pituitary"]
+    p = casc.predict(str(SAMPLES / "glioma.jpg"))
+    assert np.allclose(p.probabilities.sum(1), 1) and set(p.stage_probabilities) == {"stage1", "stage2"}
+
+    brisc = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brisc2025"
+    if not brisc.is_dir():
+        pytest.skip("BRISC not available")
+    view_data = tmp_path / "brisc"
+    (view_data / "images").mkdir(parents=True)
+    lines = (brisc / "labels.csv").read_text().splitlines()
+    keep = [lines[0]] + lines[1::250]
+    import shutil
+    for row in keep[1:]:
+        f = row.split(",")[0]
+        (view_data / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(brisc / f, view_data / f)
+    (view_data / "labels.csv").write_text("\n".join(r.split(",")[0] + "," + ",".join(r.split(",")[1:3]) + ",,0,0"
+                                                    if i else r for i, r in enumerate(keep)) + "\n")
+    view = train(_cfg(view_data, tmp_path / "view", task="view", arch="plane_cnn"))
+    two = load_model(train(_cfg(tiny_benchmark, tmp_path / "two", view_model=str(view))))
+    pred = two.predict(str(SAMPLES / "pituitary.jpg"))
+    assert two.kind == "two_stage" and pred.views[0] in ("axial", "coronal", "sagittal")
+    assert two.view_features(two.prepare(str(SAMPLES / "pituitary.jpg"))).shape == (1, 128)
+
+
+def test_combine_cascade_is_a_distribution():
+    p1 = np.array([[0.2, 0.8], [0.9, 0.1]])
+    p2 = np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]])
+    out = combine_cascade(p1, p2, ["no_tumor", "tumor"], ["glioma", "meningioma", "pituitary"],
+                          ["glioma", "meningioma", "no_tumor", "pituitary"])
+    assert np.allclose(out.sum(1), 1) and np.isclose(out[0, 0], 0.8 * 0.5) and np.isclose(out[1, 2], 0.9)
+
+
+def test_bad_model_paths(tmp_path, single):
+    with pytest.raises(BundleError, match="no such model"):
+        load_model(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match="not an xai_bt model bundle"):
+        load_model(tmp_path / "empty")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "bundle.json").write_text((single / "bundle.json").read_text())
+    (broken / "model.keras").write_bytes(b"not a zip")
+    with pytest.raises(BundleError, match="cannot load the network"):
+        load_model(broken)
+    (broken / "bundle.json").write_text("{oops")
+    with pytest.raises(BundleError, match="corrupt"):
+        load_model(broken)
+
+
+def test_predict_cli_goes_on_past_bad_files(single, tmp_path, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8garbage")
+    out = tmp_path / "pred.json"
+    code = cli.main(["predict", str(SAMPLES / "glioma.jpg"), str(bad), str(SAMPLES / "no_tumor.jpg"),
+                     "--model", str(single), "--json", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1 and "bad.jpg" in captured.err
+    res = json.loads(out.read_text())
+    assert len(res["results"]) == 2 and res["failures"][0]["path"].endswith("bad.jpg")
+    assert cli.main(["predict", str(SAMPLES / "glioma.jpg"), "--model", str(tmp_path)]) == 2
