@@ -272,6 +272,10 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
           f"{len(idx['test'])} test scans, classes {class_names}, {pre.image_size}px")
 
     view_bundle = load_model(cfg.view_model) if cfg.view_model else None
+    if view_bundle is not None and view_bundle.preprocessing != pre:
+        raise ValueError(f"{cfg.view_model}: the view model was trained with preprocessing "
+                         f"{view_bundle.preprocessing.to_dict()}, this run uses {pre.to_dict()}; "
+                         "a two-stage model needs one preprocessing for both stages")
     stages = _stages(cfg, class_names)
     networks, last_conv, histories = {}, None, {}
     for stage, stage_classes, mapping in stages:
