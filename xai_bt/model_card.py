@@ -30,7 +30,8 @@ def render_model_card(config: dict[str, Any]) -> str:
                   f"- **Command**: `{training_command(tc)}`",
                   f"- **Time**: {tr.get('seconds', 0) / 60:.1f} min on {hw.get('accelerator', 'none')} "
                   f"accelerator, {hw.get('cpu_count')} CPU cores ({hw.get('processor')}), Keras "
-                  f"{hw.get('keras')} / {hw.get('backend')} backend",
+                  f"{hw.get('keras')} / {hw.get('backend')} backend, {tr.get('replicas', 1)} replica(s) "
+                  f"under the `{tc.get('strategy', 'default')}` strategy",
                   f"- **Skipped files**: {len(tr.get('skipped_files', []))}"]
     for data, m in (config.get("metrics") or {}).items():
         lines += ["", f"## Metrics on `{data}` ({m.get('test_set')})", "",

@@ -341,7 +341,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
         "task": task, "arch": cfg.arch,
         "training": {"config": {k: v for k, v in cfg.__dict__.items()}, "seconds": round(train_seconds, 1),
                      "hardware": hardware(), "n_train": len(idx["train"]), "n_val": len(idx["val"]),
-                     "n_test": len(idx["test"]), "skipped_files": [str(e) for e in errors]},
+                     "n_test": len(idx["test"]), "skipped_files": [str(e) for e in errors],
+                     "replicas": strategy.num_replicas_in_sync if strategy is not None else 1},
     }
     if kind == "two_stage":
         extra_cfg["view_names"] = list(view_bundle.class_names)
