@@ -65,7 +65,7 @@ def test_evaluate_reports_official_and_leakage_free(single, tiny_benchmark, tmp_
         evaluate_bundle(single, str(tiny_benchmark), out=str(tmp_path / "ev"))
 
 
-def test_cascade_and_two_stage(tiny_benchmark, tmp_path):
+def test_cascade_and_two_stage(tiny_benchmark, tmp_path, single):
     casc = load_model(train(_cfg(tiny_benchmark, tmp_path / "cascade", task="cascade")))
     assert casc.kind == "cascade" and casc.config["stage2_classes"] == ["glioma", "meningioma", "pituitary"]
     p = casc.predict(str(SAMPLES / "glioma.jpg"))
@@ -86,7 +86,13 @@ def test_cascade_and_two_stage(tiny_benchmark, tmp_path):
     (view_data / "labels.csv").write_text("\n".join(r.split(",")[0] + "," + ",".join(r.split(",")[1:3]) + ",,0,0"
                                                     if i else r for i, r in enumerate(keep)) + "\n")
     view = train(_cfg(view_data, tmp_path / "view", task="view", arch="plane_cnn"))
-    two = load_model(train(_cfg(tiny_benchmark, tmp_path / "two", view_model=str(view))))
+    from xai_bt.train import init_from_bundle
+    from xai_bt import architectures
+    fresh = architectures.build("xai_cnn", 48, 4, extra_input=True).model
+    assert init_from_bundle(fresh, str(single)) >= 10  # every backbone layer, not the new head
+    stem = load_model(single).model.get_layer("stem_conv").get_weights()[0]
+    assert np.array_equal(fresh.get_layer("stem_conv").get_weights()[0], stem)
+    two = load_model(train(_cfg(tiny_benchmark, tmp_path / "two", view_model=str(view), init_from=str(single))))
     pred = two.predict(str(SAMPLES / "pituitary.jpg"))
     assert two.kind == "two_stage" and pred.views[0] in ("axial", "coronal", "sagittal")
     assert two.view_features(two.prepare(str(SAMPLES / "pituitary.jpg"))).shape == (1, 128)

@@ -50,6 +50,7 @@ class TrainConfig:
     seed: int = 0
     limit: int | None = None          # at most this many training images (smoke tests)
     view_model: str | None = None     # a view bundle: makes a two-stage tumor model
+    init_from: str | None = None      # a bundle whose layers (matched by name and shape) initialise this one
     strategy: str = "default"
     time_limit: float | None = None   # minutes; training stops after the epoch that passes it
     preprocessing: dict[str, Any] = field(default_factory=dict)
@@ -293,6 +294,9 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
             else:
                 built = architectures.build(cfg.arch, pre.image_size, len(stage_classes), cfg.weights,
                                             extra_input=extra is not None, **kw)
+            if cfg.init_from:
+                copied = init_from_bundle(built.model, cfg.init_from)
+                print(f"initialised {copied} layers from {cfg.init_from}")
             fit_model = training_model(built.model, cfg.augment, cfg.seed)
         last_conv = built.last_conv_layer
         stage_ckpt = ckpt / stage
@@ -359,6 +363,24 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
     shutil.rmtree(ckpt)
     print(f"saved {bundle_path} in {train_seconds / 60:.1f} min")
     return bundle_path
+
+
+def init_from_bundle(model, path: str) -> int:
+    """Copy weights from a trained bundle's final classifier into `model`, layer by layer where names
+    and shapes match (e.g. a two-stage model starting from the plain tumor classifier)."""
+    from .bundle import load_model
+
+    source = {layer.name: layer for layer in load_model(path).model.layers}
+    copied = 0
+    for layer in model.layers:
+        src = source.get(layer.name)
+        if src is None or not layer.weights:
+            continue
+        weights = src.get_weights()
+        if [w.shape for w in weights] == [tuple(w.shape) for w in layer.weights]:
+            layer.set_weights(weights)
+            copied += 1
+    return copied
 
 
 def _stages(cfg: TrainConfig, class_names: list[str]):

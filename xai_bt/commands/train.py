@@ -15,6 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="tumor", choices=["tumor", "view", "cascade"],
                    help="tumor classes, MRI plane (view classifier), or a tumor/no-tumor then type cascade")
     p.add_argument("--view-model", help="a view-classifier bundle: trains the two-stage tumor model on its 128-d vector")
+    p.add_argument("--init-from", help="a trained bundle whose layers (matched by name and shape) initialise this model")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=32, help="per-replica batch size")
     p.add_argument("--image-size", type=int, default=224)
@@ -50,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, fine_tune_lr=args.fine_tune_lr, freeze_epochs=args.freeze_epochs,
         weights=args.weights, schedule=args.schedule, patience=args.patience, dropout=args.dropout,
         augment=not args.no_augment, val_fraction=args.val_fraction, split_csv=args.split_csv, seed=args.seed,
-        limit=args.limit, time_limit=args.time_limit, view_model=args.view_model, strategy=args.strategy,
+        limit=args.limit, time_limit=args.time_limit, view_model=args.view_model, init_from=args.init_from, strategy=args.strategy,
         preprocessing={"image_size": args.image_size, "crop_to_head": args.crop_to_head == "yes",
                        "denoise": args.denoise, "intensity": args.intensity},
     )
