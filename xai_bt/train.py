@@ -84,7 +84,8 @@ def assign_splits(samples: Sequence[Sample], cfg: TrainConfig) -> list[str]:
         if missing:
             raise ValueError(f"{cfg.split_csv}: {len(missing)} samples have no split, e.g. {missing[0]}")
         return [table[s.path] for s in samples]
-    if any(s.split == "train" for s in samples):  # the dataset's own split: validation comes out of train
+    if any(s.split == "test" for s in samples) and any(s.split == "train" for s in samples):
+        # the dataset's own split: test as published, validation carved out of train
         train_idx = [i for i, s in enumerate(samples) if s.split == "train"]
         sub = splits.split_training([samples[i] for i in train_idx], val_fraction=cfg.val_fraction,
                                     threshold=cfg.dedup_threshold, seed=cfg.seed)
