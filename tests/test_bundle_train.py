@@ -86,6 +86,8 @@ def test_cascade_and_two_stage(tiny_benchmark, tmp_path, single):
     (view_data / "labels.csv").write_text("\n".join(r.split(",")[0] + "," + ",".join(r.split(",")[1:3]) + ",,0,0"
                                                     if i else r for i, r in enumerate(keep)) + "\n")
     view = train(_cfg(view_data, tmp_path / "view", task="view", arch="plane_cnn"))
+    parts = {line.rsplit(",", 1)[1] for line in (view / "split.csv").read_text().splitlines()[1:]}
+    assert parts == {"train", "val", "test"}  # BRISC's train-only copy still gets a held-out test split
     from xai_bt.train import init_from_bundle
     from xai_bt import architectures
     fresh = architectures.build("xai_cnn", 48, 4, extra_input=True).model
