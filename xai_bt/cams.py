@@ -1,0 +1,161 @@
+"""The CAM family on one shared pass: Grad-CAM, Grad-CAM++, Layer-CAM, Score-CAM and Faster-ScoreCAM.
+
+As in pytorch-grad-cam, one compiled pass per (model, layer) returns the layer's activations, the
+gradients of the class score (logits) with respect to them, and the scores; each variant then only says
+how it weights the activations. Asking for several CAMs therefore costs one forward/backward pass, plus
+the masked forward passes of Score-CAM. Every map is ReLU'd at the layer's resolution (as tf-keras-vis
+does), upsampled bilinearly to the input size and scaled by its maximum to [0, 1] (a zero map stays zero).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .gradients import Attribution, batch_pairs, cached, call, input_signature, score_output, scores, unit_max
+
+GRADIENT_CAMS = ("gradcam", "gradcam++", "layercam")
+SCORE_CAMS = ("scorecam", "fasterscorecam")
+METHODS = GRADIENT_CAMS + SCORE_CAMS
+
+
+def spatial_layers(model) -> list[str]:
+    """Names of the layers with a (N, H, W, C) output, input side first: the candidates for `layer`."""
+    names = {inp.name for inp in model.inputs}
+    return [layer.name for layer in model.layers
+            if layer.name not in names and len(getattr(layer.output, "shape", ())) == 4]
+
+
+def default_layer(model) -> str:
+    """The last spatial layer: the CAM layer when none is named."""
+    spatial = spatial_layers(model)
+    if not spatial:
+        raise ValueError(f"model {model.name!r} has no spatial (N, H, W, C) layer for CAM methods")
+    return spatial[-1]
+
+
+def cam_pass(model, layer: str) -> Callable[[list[np.ndarray], np.ndarray], tuple[np.ndarray, ...]]:
+    """Compiled, cached: (inputs, targets) -> (activations (N,h,w,C), d score / d activations, scores)."""
+    def build():
+        import keras
+        import tensorflow as tf
+
+        if layer not in spatial_layers(model):
+            raise ValueError(f"{layer!r} is not a spatial (N, H, W, C) layer of model {model.name!r}; "
+                             f"choose one of: {', '.join(spatial_layers(model)[-8:])} ...")
+        sub = keras.Model(model.inputs, [model.get_layer(layer).output, score_output(model)])
+
+        @tf.function(input_signature=[input_signature(model), tf.TensorSpec((None,), tf.int32)])
+        def run(inputs, targets):
+            with tf.GradientTape() as tape:
+                acts, logits = call(sub, inputs)
+                score = tf.gather(logits, targets, batch_dims=1)
+            return acts, tape.gradient(score, acts), logits
+
+        def numpy_run(inputs, targets):
+            out = run([np.asarray(a, np.float32) for a in inputs], np.asarray(targets, np.int32))
+            return tuple(t.numpy() for t in out)
+        return numpy_run
+    return cached(model, ("cam_pass", layer), build)
+
+
+# --- how each variant weights the activations (low resolution, before ReLU) -----------------------
+
+def gradcam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al. 2017): channel weight = spatial mean of the gradient."""
+    return np.einsum("nhwc,nc->nhw", acts, grads.mean(axis=(1, 2)))
+
+
+def gradcam_plus_plus(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Grad-CAM++ (Chattopadhyay et al. 2018) with exp(score) for the higher derivatives, as the paper and
+    tf-keras-vis: alpha = g^2 / (2 g^2 + sum(A) g^3), normalised over space; weight = sum(alpha relu(g)).
+    exp(score) cancels in alpha and only scales the map, so it is left out (no overflow for large logits)."""
+    g2, g3 = grads ** 2, grads ** 3
+    denom = 2 * g2 + acts.sum(axis=(1, 2), keepdims=True) * g3
+    alphas = g2 / np.where(g2 == 0, 1.0, denom)
+    norm = alphas.sum(axis=(1, 2), keepdims=True)
+    alphas = alphas / np.where(norm == 0, 1.0, norm)
+    weights = (alphas * np.maximum(grads, 0)).sum(axis=(1, 2))
+    return np.einsum("nhwc,nc->nhw", acts, weights)
+
+
+def layercam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Layer-CAM (Jiang et al. 2021): element-wise relu(gradient) x activation, summed over channels."""
+    return (np.maximum(grads, 0) * acts).sum(axis=-1)
+
+
+_WEIGHTING = {"gradcam": gradcam, "gradcam++": gradcam_plus_plus, "layercam": layercam}
+
+
+# --- Score-CAM ----------------------------------------------------------------------------------------
+
+def scorecam(model, inputs: list[np.ndarray], targets: np.ndarray, acts: np.ndarray, batch_size: int,
+             max_n: int | None = None) -> np.ndarray:
+    """Score-CAM (Wang et al. 2020): each channel, upsampled and min-max scaled, masks the image; its
+    weight is the softmax probability of the target on the masked image (as tf-keras-vis). With `max_n`,
+    Faster-ScoreCAM: only the max_n channels of largest spatial variance of each image."""
+    n, h, w, k = acts.shape
+    size = inputs[0].shape[1:3]
+    if max_n is None or max_n >= k:
+        channels = np.broadcast_to(np.arange(k), (n, k))
+    elif max_n < 1:
+        raise ValueError(f"max_n must be at least 1, got {max_n}")
+    else:
+        channels = np.argsort(-acts.var(axis=(1, 2)), axis=1)[:, :max_n]
+    score_fn = scores(model)
+    weights = np.zeros(channels.shape, np.float32)
+    for img, j in batch_pairs(n, channels.shape[1], batch_size):
+        masks = upsample(acts[img, :, :, channels[img, j]], size)
+        lo = masks.min(axis=(1, 2), keepdims=True)
+        span = masks.max(axis=(1, 2), keepdims=True) - lo
+        masks = np.where(span > 0, (masks - lo) / np.where(span > 0, span, 1.0), 0.0)[..., None]
+        logits = score_fn([inputs[0][img] * masks] + [a[img] for a in inputs[1:]])
+        weights[img, j] = _softmax(logits)[np.arange(len(img)), targets[img]]
+    selected = np.take_along_axis(acts, channels[:, None, None, :], axis=3)
+    return np.einsum("nhwc,nc->nhw", selected, weights)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# --- the family -------------------------------------------------------------------------------------------
+
+def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N, h, w) -> (N, *size) by bilinear interpolation (half-pixel centres, as cv2 and tf.image)."""
+    import tensorflow as tf
+
+    return tf.image.resize(maps[..., None].astype(np.float32), size, method="bilinear").numpy()[..., 0]
+
+
+def finish(low: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Low-resolution CAMs -> ReLU, bilinear upsampling to the input size, [0, 1] by each map's maximum."""
+    return unit_max(upsample(np.maximum(low, 0), size))[0]
+
+
+def cam_family(model, inputs: list[np.ndarray], targets: np.ndarray, methods: tuple[str, ...], layer: str,
+               *, batch_size: int = 32, max_n: int = 10) -> dict[str, Attribution]:
+    """Every requested CAM from one pass over `layer`: method -> Attribution with (N, S, S) maps in [0, 1].
+    `max_n` is Faster-ScoreCAM's number of channels."""
+    run = cam_pass(model, layer)
+    size = inputs[0].shape[1:3]
+    acts, low = [], {m: [] for m in methods}
+    for start in range(0, len(targets), batch_size):
+        sl = slice(start, start + batch_size)
+        a, g, _ = run([x[sl] for x in inputs], targets[sl])
+        acts.append(a)
+        for m in methods:
+            if m in _WEIGHTING:
+                low[m].append(_WEIGHTING[m](a, g))
+    acts = np.concatenate(acts)
+    out = {}
+    for m in methods:
+        if m == "scorecam":
+            cam = scorecam(model, inputs, targets, acts, batch_size)
+        elif m == "fasterscorecam":
+            cam = scorecam(model, inputs, targets, acts, batch_size, max_n=max_n)
+        else:
+            cam = np.concatenate(low[m])
+        out[m] = Attribution(finish(cam, size), info={"max_n": max_n} if m == "fasterscorecam" else {})
+    return out
