@@ -1,0 +1,104 @@
+"""`python -m xai_bt audit MODEL --data ROOT --out DIR`: does the explanation look at the tumor?
+
+Writes scores.csv (one row per scan and method), summary.json (means with bootstrap 95% CIs, overall,
+per class and per plane; the wall time) and report.html (self-contained) into --out.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+
+from . import fail
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..audit import DEFAULT_METHODS
+
+    p.add_argument("model", help="model bundle folder")
+    p.add_argument("--data", required=True, help="dataset with tumor masks (BRISC, figshare .mat, or any "
+                                                 "layout with --masks / --boxes)")
+    p.add_argument("--masks", help="folder of mask images (matched to scans by file stem) or a CSV "
+                                   "'file,mask' (files relative to --data, masks to the CSV's folder)")
+    p.add_argument("--boxes", help="folder of YOLO box files 'class xc yc w h' (matched by stem): boxes as masks")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma-separated methods or 'all' (default: {','.join(DEFAULT_METHODS)})")
+    p.add_argument("--layer", help="conv layer for the CAM methods (default: the bundle's last conv layer)")
+    p.add_argument("--target", choices=("true", "predicted"), default="true",
+                   help="class to explain: the annotated tumor class (default) or the model's prediction")
+    p.add_argument("--limit", type=int, help="audit at most N scans (a seeded random subset)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--unseen-only", dest="unseen_only", action="store_true", default=True,
+                       help="only scans with no near-duplicate among the bundle's training rows (default)")
+    which.add_argument("--all", dest="unseen_only", action="store_false",
+                       help="every scan with a mask, including ones the model was trained on")
+    p.add_argument("--train-data", help="where the bundle's training data is now (default: the recorded path)")
+    p.add_argument("--threshold", type=float, default=0.99,
+                   help="near-duplicate threshold (Pearson r of 32x32 thumbnails; default 0.99)")
+    p.add_argument("--tolerance", type=float, help="pointing-game tolerance in pixels at model resolution "
+                                                   "(default: 3%% of the input side)")
+    p.add_argument("--faithfulness", nargs="?", type=int, const=50, default=0, metavar="N",
+                   help="deletion / insertion and ROAD on N scans (default N: 50)")
+    p.add_argument("--sanity", type=int, default=0, metavar="N",
+                   help="cascading model-randomisation check on N scans (0: skip)")
+    p.add_argument("--gallery", type=int, default=4, help="best and worst scans shown per method (default 4)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random subsets")
+    p.add_argument("--out", required=True, help="output folder, e.g. audits/NAME")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier audit in --out")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..audit import check_out, run_audit, write_audit
+    from ..bundle import BundleError
+    from .explain import UsageError, parse_methods
+
+    start = time.perf_counter()
+    try:
+        methods = parse_methods(args.methods)
+        for name in ("limit", "batch_size", "gallery"):
+            value = getattr(args, name)
+            if value is not None and value < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        check_out(args.out, args.overwrite)
+        result = run_audit(args.model, args.data, methods=methods, masks=args.masks, boxes=args.boxes,
+                           unseen_only=args.unseen_only, train_data=args.train_data, limit=args.limit,
+                           layer=args.layer, target=args.target, tolerance_px=args.tolerance,
+                           threshold=args.threshold, faithfulness=args.faithfulness, sanity=args.sanity,
+                           batch_size=args.batch_size, gallery_size=args.gallery, seed=args.seed,
+                           log=lambda m: print(m, file=sys.stderr))
+        paths = write_audit(result, args.out, overwrite=args.overwrite, command=command_line(args))
+    except (UsageError, BundleError, FileExistsError, FileNotFoundError, ValueError) as e:
+        hint = (" (pass --train-data ROOT, or --all to audit every scan)"
+                if "split.csv" in str(e) or "training data" in str(e) else "")
+        return fail(f"{e}{hint}")
+    _print_summary(result.summary)
+    print(f"wrote {', '.join(str(p) for p in paths)} in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The audit as one shell command, every option spelled out (recorded in summary.json)."""
+    words = ["python", "-m", "xai_bt", "audit", args.model, "--data", args.data]
+    for name in ("masks", "boxes", "methods", "layer", "target", "limit", "train_data", "threshold",
+                 "tolerance", "faithfulness", "sanity", "gallery", "batch_size", "seed", "out"):
+        value = getattr(args, name)
+        if value not in (None, 0):
+            words += [f"--{name.replace('_', '-')}", str(value)]
+    words.append("--unseen-only" if args.unseen_only else "--all")
+    return shlex.join(words + (["--overwrite"] if args.overwrite else []))
+
+
+def _print_summary(summary: dict) -> None:
+    """Pointing game and energy pointing game per method, with their 95% CIs."""
+    print(f"{summary['n_images']} scans; {summary['unseen_definition']}")
+    print(f"{'method':<22} {'pointing game':>26} {'energy pointing game':>26}")
+    for method, block in summary["scores"].items():
+        cells = []
+        for name in ("pointing_game", "energy_pointing_game"):
+            e = block["all"][name]
+            cells.append("-" if e["mean"] is None else f"{e['mean']:.3f} [{e['low']:.3f}, {e['high']:.3f}]")
+        print(f"{method:<22} {cells[0]:>26} {cells[1]:>26}")
+    chance = summary["chance"]["all"]["mask_fraction"]["mean"]
+    print(f"chance level of the energy pointing game (mean mask area): {chance:.3f}")
