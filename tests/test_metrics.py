@@ -151,6 +151,51 @@ def test_auc_with_ci_is_fast_on_benchmark_size():
     json.dumps(result, allow_nan=False)
 
 
+def test_roc_bands_cover_the_curve_and_match_sklearn():
+    from sklearn.metrics import roc_curve
+
+    y, p = make_predictions(300, signal=1.0)
+    bands = metrics.roc_bands(y, p, NAMES, n_boot=200, seed=1)
+    grid = np.asarray(bands["fpr"])
+    assert grid[0] == 0 and grid[-1] == 1 and set(bands["per_class"]) == set(NAMES)
+    for c, name in enumerate(NAMES):
+        b = {k: np.asarray(v, dtype=float) for k, v in bands["per_class"][name].items()}
+        fpr, tpr, _ = roc_curve(y == c, p[:, c])
+        # the step curve on the grid: best TPR with FPR <= grid value
+        expected = [tpr[fpr <= g + 1e-12].max() for g in grid]
+        np.testing.assert_allclose(b["tpr"], expected)
+        assert np.all(b["low"] <= b["high"]) and b["high"][-1] == 1.0
+        inside = (b["low"] - 1e-12 <= b["tpr"]) & (b["tpr"] <= b["high"] + 1e-12)
+        assert inside.mean() > 0.9
+    json.dumps(bands, allow_nan=False)
+
+
+def test_roc_bands_fast_on_benchmark_size():
+    y, p = make_predictions(1311)
+    start = time.perf_counter()
+    metrics.roc_bands(y, p, NAMES, n_boot=1000)
+    assert time.perf_counter() - start < 15
+
+
+def test_roc_zoom_inset_only_for_near_perfect_models():
+    y, p = make_predictions(400, signal=6.0)
+    assert len(eval_plots.plot_roc(y, p, NAMES, n_boot=50).axes[0].child_axes) == 1  # corner inset
+    assert not eval_plots.plot_roc(y, p, NAMES, n_boot=50, zoom=None).axes[0].child_axes
+    y, p = make_predictions(400, signal=0.5)
+    assert not eval_plots.plot_roc(y, p, NAMES, ci=False).axes[0].child_axes
+
+
+def test_training_curves_from_merged_log_with_phases(tmp_path):
+    log = tmp_path / "history.csv"
+    log.write_text("epoch,accuracy,loss,val_accuracy,val_loss,phase\n0,0.5,1.0,0.4,1.1,frozen\n"
+                   "1,0.6,0.9,0.5,1.0,frozen\n2,0.8,0.5,0.7,0.8,fine_tune\n")
+    fig = eval_plots.plot_training_curves(log)
+    assert len(fig.axes) == 2
+    for ax in fig.axes:
+        assert any(line.get_linestyle() == "--" and list(line.get_xdata()) == [2.5, 2.5] for line in ax.lines)
+        assert any("fine tune" in t.get_text() for t in ax.texts)
+
+
 def test_accuracy_wilson_interval_textbook_value():
     y, p = from_confusion([[8, 2], [0, 0]])  # 8 of 10 correct
     ci = metrics.accuracy_ci(y, p)
@@ -212,6 +257,7 @@ def _figures() -> dict[str, Figure]:
         "confusion_counts": eval_plots.plot_confusion(cm, NAMES, normalise=False),
         "reliability": eval_plots.plot_reliability(y, p, class_index=2, class_names=NAMES),
         "reliability_grid": eval_plots.plot_reliability_grid(y, p, NAMES),
+        "reliability_pair": eval_plots.plot_reliability_comparison(y, {"raw": p, "sharper": softmax(2 * np.log(p), 1)}),
         "training": eval_plots.plot_training_curves(history),
         "comparison": eval_plots.plot_architecture_comparison(rows),
     }

@@ -19,7 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from xai_bt.calibration import reliability_bins
-from xai_bt.metrics import auc_with_ci, pr_curves, roc_curves
+from xai_bt.metrics import auc_with_ci, pr_curves, roc_bands, roc_curves
 from xai_bt.style import MATRIX_CMAP, ONE_COLUMN, OKABE_ITO, PALETTE, TWO_COLUMN, class_color, style_context
 
 F = TypeVar("F", bound=Callable[..., Figure])
@@ -49,6 +49,10 @@ def _as_float_array(values: Sequence[float | None]) -> np.ndarray:
 
 
 def _ci_text(ci: Mapping[str, Any]) -> str:
+    if ci.get("estimate") is None:
+        return "n/a"
+    if ci.get("low") is None or ci.get("high") is None:
+        return f"{ci['estimate']:.3f}"
     return f"{ci['estimate']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
 
 
@@ -62,15 +66,27 @@ def plot_roc(
     ax: Axes | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    band: bool | None = None,
+    zoom: float | None | str = "auto",
 ) -> Figure:
     """One-vs-rest ROC curve per class plus the macro average; the legend gives each AUC,
-    with its 95% stratified bootstrap CI when ``ci``."""
+    with its 95% stratified bootstrap CI when ``ci``. ``band`` (default: as ``ci``) shades each class's
+    pointwise 95% bootstrap band of the true positive rate (:func:`xai_bt.metrics.roc_bands`).
+    ``zoom`` adds an inset of the top-left corner, FPR in [0, zoom] and TPR in [1 - zoom, 1]; "auto"
+    does so when every class's AUC is above 0.9 (the curves then hug the corner), None never."""
     fig, ax = _figure_axes(ax)
     curves = roc_curves(y_true, y_prob, class_names)
     cis = auc_with_ci(y_true, y_prob, class_names, n_boot=n_boot, seed=seed) if ci else None
+    bands = roc_bands(y_true, y_prob, class_names, n_boot=n_boot, seed=seed) if (ci if band is None else band) \
+        else None
     for i, (name, curve) in enumerate(curves["per_class"].items()):
+        color = class_color(name, i)
         value = _ci_text(cis["per_class"][name]) if cis else f"{curve['auc']:.3f}"
-        ax.plot(curve["fpr"], curve["tpr"], color=class_color(name, i), label=f"{name}  {value}")
+        if bands is not None and name in bands["per_class"]:
+            b = bands["per_class"][name]
+            ax.fill_between(bands["fpr"], _as_float_array(b["low"]), _as_float_array(b["high"]), step="post",
+                            color=color, alpha=0.18, lw=0)
+        ax.plot(curve["fpr"], curve["tpr"], color=color, label=f"{name}  {value}")
     macro_auc = np.mean([c["auc"] for c in curves["per_class"].values()])
     value = _ci_text(cis["macro"]) if cis else f"{macro_auc:.3f}"
     ax.plot(curves["macro"]["fpr"], curves["macro"]["tpr"], color=OKABE_ITO["black"], ls="--",
@@ -79,7 +95,31 @@ def plot_roc(
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="False positive rate (1 − specificity)",
            ylabel="True positive rate (sensitivity)", title="ROC, one-vs-rest")
     ax.legend(loc="lower right", title="AUC [95% CI]" if ci else "AUC", title_fontsize=7)
+    aucs = [c["auc"] for c in curves["per_class"].values()]
+    if zoom == "auto":
+        worst = min(aucs) if aucs and None not in aucs else 0.0
+        zoom = None if worst < 0.9 else (0.1 if worst > 0.98 else 0.25)
+    if zoom:
+        _roc_inset(ax, curves, bands, float(zoom))
     return fig
+
+
+def _roc_inset(ax: Axes, curves: Mapping[str, Any], bands: Mapping[str, Any] | None, zoom: float) -> None:
+    """Magnified top-left corner of a ROC plot, above the legend."""
+    inset = ax.inset_axes([0.36, 0.56, 0.6, 0.36])
+    for i, (name, curve) in enumerate(curves["per_class"].items()):
+        color = class_color(name, i)
+        if bands is not None and name in bands["per_class"]:
+            b = bands["per_class"][name]
+            inset.fill_between(bands["fpr"], _as_float_array(b["low"]), _as_float_array(b["high"]), step="post",
+                               color=color, alpha=0.18, lw=0)
+        inset.plot(curve["fpr"], curve["tpr"], color=color, lw=1.0)
+    inset.plot(curves["macro"]["fpr"], curves["macro"]["tpr"], color=OKABE_ITO["black"], ls="--", lw=1.0)
+    inset.set(xlim=(0, zoom), ylim=(1 - zoom, 1.0 + zoom * 0.02))
+    inset.tick_params(labelsize=6)
+    inset.locator_params(nbins=3)
+    inset.spines[["top", "right"]].set_visible(True)
+    ax.indicate_inset_zoom(inset, edgecolor="0.5", lw=0.6)
 
 
 @_styled
@@ -201,20 +241,55 @@ def plot_reliability_grid(
     return fig
 
 
+@_styled
+def plot_reliability_comparison(
+    y_true: Any, probs: Mapping[str, Any], n_bins: int = 15, class_index: int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Figure:
+    """Reliability diagrams of the same samples under several probability sets side by side, e.g.
+    ``{"Raw (T = 1)": p_raw, "Temperature-scaled (T = 1.8)": p_cal}`` (two-column width, shared y)."""
+    if not probs:
+        raise ValueError("no probability sets to compare")
+    fig = Figure(figsize=(TWO_COLUMN[0], TWO_COLUMN[1] * 0.95))
+    axes = fig.subplots(1, len(probs), squeeze=False, sharey=True).ravel()
+    for panel, (label, p) in enumerate(probs.items()):
+        bins = reliability_bins(y_true, p, n_bins=n_bins, class_index=class_index)
+        _, xlabel, ylabel = _reliability_labels(class_index, class_names)
+        _draw_reliability(axes[panel], bins, label, xlabel, ylabel if panel == 0 else "", legend=panel == 0)
+    return fig
+
+
 # --------------------------------------------------------------------------------------------- training
-def _read_history(history: Mapping[str, Sequence[float]] | str | Path) -> dict[str, np.ndarray]:
-    """A Keras ``History.history`` dict, or a CSVLogger file, as equal-length float arrays."""
+def _to_float(value: Any) -> float:
+    return np.nan if value in ("", None) else float(value)
+
+
+def _read_history(
+    history: Mapping[str, Sequence[Any]] | str | Path,
+) -> tuple[dict[str, np.ndarray], list[str] | None]:
+    """A Keras ``History.history`` dict, or a CSVLogger file, as equal-length float arrays, and the
+    training phase of each epoch if recorded (xai_bt's merged logs have a ``phase`` column). Other
+    non-numeric columns are ignored."""
     if isinstance(history, (str, Path)):
         with Path(history).open(newline="", encoding="utf-8") as fh:
             records = list(csv.DictReader(fh))
         if not records:
             raise ValueError(f"{history}: no epochs recorded")
-        history = {key: [float(r[key]) if r[key] not in ("", None) else np.nan for r in records]
-                   for key in records[0]}
-    arrays = {key: np.asarray(values, dtype=np.float64) for key, values in history.items()}
-    if len({len(a) for a in arrays.values()}) > 1:
+        history = {key: [r.get(key) for r in records] for key in records[0]}
+    phases = None
+    arrays = {}
+    for key, values in history.items():
+        if key == "phase":
+            phases = [str(v) for v in values]
+            continue
+        try:
+            arrays[key] = np.asarray([_to_float(v) for v in values], dtype=np.float64)
+        except (TypeError, ValueError):
+            continue  # a text column
+    lengths = {len(a) for a in arrays.values()} | ({len(phases)} if phases is not None else set())
+    if len(lengths) > 1:
         raise ValueError(f"history series differ in length: { {k: len(a) for k, a in arrays.items()} }")
-    return arrays
+    return arrays, phases
 
 
 def _pretty(key: str) -> str:
@@ -224,10 +299,15 @@ def _pretty(key: str) -> str:
 @_styled
 def plot_training_curves(history: Mapping[str, Sequence[float]] | str | Path) -> Figure:
     """One panel per metric (training and validation; the best validation epoch is marked), plus the
-    learning rate on a log axis if recorded. Accepts ``History.history`` or a CSVLogger file."""
-    series = _read_history(history)
+    learning rate on a log axis if recorded. Accepts ``History.history`` or a CSVLogger file; where a
+    ``phase`` column records training phases (frozen backbone, fine-tuning), a dashed line marks where
+    each new phase starts."""
+    series, phases = _read_history(history)
+    if not series:
+        raise ValueError("no numeric training series in the history")
     n_epochs = len(next(iter(series.values())))
     epochs = series.pop("epoch") + 1 if "epoch" in series else np.arange(1, n_epochs + 1)
+    starts = [i for i in range(1, n_epochs) if phases and phases[i] != phases[i - 1]]
     panels = [k for k in series if not k.startswith("val_") and k not in _LR_KEYS]
     panels += [k for k in _LR_KEYS if k in series][:1]
     if not panels:
@@ -249,6 +329,10 @@ def plot_training_curves(history: Mapping[str, Sequence[float]] | str | Path) ->
                 ax.plot(epochs[best], val[best], "o", ms=4, color=PALETTE[1])
                 ax.axvline(epochs[best], ls=":", lw=0.8, color="0.5")
                 ax.legend()
+        for i in starts:
+            ax.axvline(epochs[i] - 0.5, ls="--", lw=0.8, color="0.3")
+            ax.text(epochs[i] - 0.5, 1.0, f" {phases[i].replace('_', ' ')}", transform=ax.get_xaxis_transform(),
+                    ha="left", va="top", fontsize=6, color="0.3")
         ax.set(xlabel="Epoch", ylabel=_pretty(key))
     for ax in axes[len(panels):]:
         ax.remove()

@@ -1,0 +1,207 @@
+"""`python -m xai_bt calibrate` and `figures` end to end on a tiny random-init bundle and real scans."""
+import csv
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from xai_bt import cli
+from xai_bt.sample import CLASS_NAMES
+
+from conftest import FOLDERS, copy_benchmark_subset
+
+SIZE = 64
+N_TRAIN, N_TEST = 8, 5  # per class
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A benchmark-layout dataset (8 training, 5 test scans per class) and an over-confident 64-px
+    baseline CNN bundle whose split.csv puts 3 training scans per class in validation."""
+    import keras
+
+    from xai_bt import architectures
+    from xai_bt.bundle import save_bundle
+    from xai_bt.preprocess import Preprocessing
+
+    root = tmp_path_factory.mktemp("data") / "brain-tumor-mri"
+    copy_benchmark_subset(root, N_TRAIN, N_TEST)
+    keras.utils.set_random_seed(0)
+    arch = architectures.build("baseline_cnn", SIZE, 4)
+    logits = arch.model.get_layer("logits")
+    kernel, bias = logits.get_weights()
+    logits.set_weights([kernel * 40.0, bias])  # random and very sure of itself
+    path = save_bundle(tmp_path_factory.mktemp("model") / "tiny", "single", {"model": arch.model}, CLASS_NAMES,
+                       Preprocessing(image_size=SIZE), arch.last_conv_layer, arch="baseline_cnn",
+                       training={"config": {"data": str(root)}})
+    with open(path / "split.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "plane", "split"])
+        for label, folder in FOLDERS.items():
+            for split_dir, n in (("Training", N_TRAIN), ("Testing", N_TEST)):
+                for i, f in enumerate(sorted((root / split_dir / folder).iterdir())):
+                    part = "test" if split_dir == "Testing" else ("val" if i < 3 else "train")
+                    w.writerow([f"{split_dir}/{folder}/{f.name}", label, "", part])
+    with open(path / "history.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["epoch", "accuracy", "loss", "val_accuracy", "val_loss", "phase"])
+        for e in range(6):
+            w.writerow([e, 0.5 + 0.08 * e, 1.2 - 0.15 * e, 0.45 + 0.07 * e, 1.3 - 0.12 * e,
+                        "frozen" if e < 2 else "fine_tune"])
+    return path, root
+
+
+def test_calibrate_then_figures(setup, tmp_path, capsys):
+    from xai_bt.bundle import load_model
+    from xai_bt.calibration import nll
+    from xai_bt.temperature import probabilities_at, raw_logits, validation_samples
+
+    path, root = setup
+    t0 = time.time()
+
+    # --- calibrate: fitted on validation, lowers its NLL, stored in bundle.json -------------------
+    assert cli.main(["calibrate", str(path), "--data", str(root)]) == 0
+    printed = capsys.readouterr().out
+    assert "temperature T =" in printed and "before (T=1)" in printed
+    config = json.loads((path / "bundle.json").read_text())
+    rec = config["calibration"]
+    t = config["temperature"]
+    assert rec["temperature"] == t and rec["n_val"] == 12 and rec["n_missing"] == 0
+    assert t > 1.5, "an over-confident random model needs softening"
+    assert rec["after"]["nll"] < rec["before"]["nll"] - 0.5
+    assert rec["after"]["accuracy"] == rec["before"]["accuracy"]  # argmax unchanged
+
+    bundle = load_model(path)
+    assert bundle.temperature == t
+    samples, missing = validation_samples(bundle, root)
+    assert len(samples) == 12 and not missing
+    assert all("Training" in s.path for s in samples)
+    x = bundle.prepare([s.path for s in samples])
+    y = np.array([CLASS_NAMES.index(s.label) for s in samples])
+    logits = raw_logits(bundle, x)
+    np.testing.assert_allclose(probabilities_at(bundle, logits, t), bundle.predict_prepared(x).probabilities,
+                               atol=1e-6)
+    np.testing.assert_allclose(probabilities_at(bundle, logits, 1.0),
+                               bundle.predict_prepared(x, calibrated=False).probabilities, atol=1e-6)
+    at = lambda temp: nll(y, probabilities_at(bundle, logits, temp))  # noqa: E731
+    assert at(t) == pytest.approx(rec["after"]["nll"]) and at(1.0) == pytest.approx(rec["before"]["nll"])
+    assert at(t) <= min(at(t * 1.1), at(t / 1.1))  # a minimum of the validation NLL
+
+    # refuses to refit without --overwrite, refits with it
+    assert cli.main(["calibrate", str(path), "--data", str(root)]) == 2
+    assert "already calibrated" in capsys.readouterr().err
+    assert cli.main(["calibrate", str(path), "--data", str(root), "--overwrite"]) == 0
+    capsys.readouterr()
+    assert json.loads((path / "bundle.json").read_text())["temperature"] == pytest.approx(t, rel=1e-4)
+
+    # --- figures --------------------------------------------------------------------------------
+    out = tmp_path / "figures"
+    argv = ["figures", str(path), "--data", str(root), "--out", str(out), "--formats", "png,pdf",
+            "--n-boot", "200"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "ECE" in printed and "AUC" in printed
+    d = out / "tiny"
+    for part in ("official", "leakage_free"):
+        for stem in (f"roc_{part}", f"pr_{part}", f"confusion_counts_{part}", f"confusion_normalised_{part}",
+                     f"reliability_{part}", f"reliability_classes_{part}_raw",
+                     f"reliability_classes_{part}_calibrated"):
+            for fmt in ("png", "pdf"):
+                assert (d / f"{stem}.{fmt}").stat().st_size > 1000, (stem, fmt)
+        for ext in ("csv", "md", "tex"):
+            assert (d / f"metrics_{part}.{ext}").is_file()
+    for stem in ("training_curves",):
+        assert (d / f"{stem}.png").is_file()
+    for table in ("summary", "auc_ci", "calibration"):
+        for ext in ("csv", "md", "tex"):
+            assert (d / f"{table}.{ext}").is_file(), table
+    for f in ("architecture_comparison.png", "architecture_comparison.pdf", "comparison.csv", "comparison.md",
+              "comparison.tex"):
+        assert (out / f).is_file(), f
+    assert b"/FontFile2" in (d / "roc_official.pdf").read_bytes()  # TrueType embedded
+
+    with open(d / "calibration.csv", newline="") as fh:
+        cal = list(csv.DictReader(fh))
+    fit_rows = [r for r in cal if r["data"] == "validation (fit)"]
+    assert [r["probabilities"] for r in fit_rows] == ["raw", "temperature-scaled"]
+    assert float(fit_rows[1]["nll"]) < float(fit_rows[0]["nll"])
+    official = {r["probabilities"]: r for r in cal if r["data"] == "official test split"}
+    assert float(official["temperature-scaled"]["temperature"]) == pytest.approx(t, rel=1e-4)
+    assert float(official["raw"]["n"]) == 4 * N_TEST
+
+    results = json.loads((d / "results.json").read_text())
+    assert results["parts"]["official"]["n"] == 4 * N_TEST
+    assert set(results["parts"]["official"]["calibrated"]["auc_ci"]["per_class"]) == set(CLASS_NAMES)
+    with open(d / "predictions.csv", newline="") as fh:
+        preds = list(csv.DictReader(fh))
+    assert len(preds) == 4 * N_TEST and preds[0]["path"].startswith("Testing/")
+    z = np.array([[float(r[f"logit_{c}"]) for c in CLASS_NAMES] for r in preds])
+    p_raw = np.array([[float(r[f"p_raw_{c}"]) for c in CLASS_NAMES] for r in preds])
+    p_cal = np.array([[float(r[f"p_{c}"]) for c in CLASS_NAMES] for r in preds])
+    np.testing.assert_allclose(probabilities_at(bundle, {"model": z}, 1.0), p_raw, atol=1e-5)
+    np.testing.assert_allclose(probabilities_at(bundle, {"model": z}, t), p_cal, atol=1e-5)
+    # the evaluation's own temperature-scaled outputs agree with a fresh forward pass
+    xt = bundle.prepare([str(root / r["path"]) for r in preds])
+    np.testing.assert_allclose(bundle.predict_prepared(xt).probabilities, p_cal, atol=1e-5)
+
+    # --- a second run refuses to overwrite, before evaluating anything --------------------------
+    before = {f: f.stat().st_mtime_ns for f in d.iterdir()}
+    t1 = time.time()
+    assert cli.main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert time.time() - t1 < 5
+    assert {f: f.stat().st_mtime_ns for f in d.iterdir()} == before
+    assert time.time() - t0 < 120
+
+
+def test_bad_requests(setup, tmp_path, capsys):
+    path, root = setup
+    assert cli.main(["figures", str(path), "--data", str(root), "--out", str(tmp_path / "o"),
+                     "--formats", "png,bmpx"]) == 2
+    assert "bmpx" in capsys.readouterr().err
+    no_split = tmp_path / "copy"
+    no_split.mkdir()
+    for f in path.iterdir():
+        if f.name not in ("split.csv",) and f.is_file():
+            (no_split / f.name).write_bytes(f.read_bytes())
+    assert cli.main(["calibrate", str(no_split), "--data", str(root), "--overwrite"]) == 2
+    assert "split.csv" in capsys.readouterr().err
+    assert cli.main(["calibrate", str(path), "--data", str(tmp_path), "--overwrite"]) == 2
+    capsys.readouterr()
+
+
+def test_output_names_are_unique(tmp_path):
+    from xai_bt.paper_figures import output_names, parse_formats
+
+    a, b = tmp_path / "x" / "default", tmp_path / "y" / "default"
+    assert output_names([a, b, tmp_path / "cnn"]) == ["default", "default_2", "cnn"]
+    assert parse_formats(" PNG, .pdf,png") == ("png", "pdf")
+
+
+def test_cascade_shares_one_temperature():
+    """For a cascade, the fitted T minimises the NLL of the combined probabilities with both stages scaled."""
+    from types import SimpleNamespace
+
+    from xai_bt.calibration import nll
+    from xai_bt.temperature import fit_bundle_temperature, probabilities_at
+
+    rng = np.random.default_rng(0)
+    n = 400
+    y = rng.integers(0, 4, n)  # glioma, meningioma, no_tumor, pituitary
+    z1 = rng.normal(size=(n, 2)) * 4
+    z1[:, 0] += np.where(y == 2, 12.0, -12.0) * rng.uniform(0.2, 1.0, n)
+    types = ["glioma", "meningioma", "pituitary"]
+    z2 = rng.normal(size=(n, 3)) * 6
+    for i, cls in enumerate(y):
+        if cls != 2:
+            z2[i, types.index(CLASS_NAMES[cls])] += 5
+    fake = SimpleNamespace(kind="cascade", class_names=CLASS_NAMES,
+                           config={"stage1_classes": ["no_tumor", "tumor"], "stage2_classes": types})
+    logits = {"stage1": z1, "stage2": z2}
+    t = fit_bundle_temperature(fake, logits, y)
+    at = lambda temp: nll(y, probabilities_at(fake, logits, temp))  # noqa: E731
+    assert t > 1 and at(t) < at(1.0)
+    assert at(t) <= min(at(t * 1.05), at(t / 1.05))
+    np.testing.assert_allclose(probabilities_at(fake, logits, t).sum(1), 1.0)
