@@ -6,6 +6,9 @@ from pathlib import Path
 from typing import Any
 
 
+_PART_NAMES = {"official": "all test scans", "leakage_free": "leakage-free test scans"}
+
+
 def render_model_card(config: dict[str, Any]) -> str:
     """Markdown card: what the model is, its data, split, preprocessing, training command and metrics."""
     tr = config.get("training", {})
@@ -28,8 +31,9 @@ def render_model_card(config: dict[str, Any]) -> str:
                   f"{tr.get('n_test')} test scans (split in `split.csv`; validation carved out by near-duplicate "
                   f"group at r >= {tc.get('dedup_threshold')})",
                   f"- **Command**: `{training_command(tc)}`",
-                  f"- **Time**: {tr.get('seconds', 0) / 60:.1f} min on {hw.get('accelerator', 'none')} "
-                  f"accelerator, {hw.get('cpu_count')} CPU cores ({hw.get('processor')}), Keras "
+                  f"- **Time**: {tr.get('seconds', 0) / 60:.1f} min on "
+                  f"{'CPU only' if hw.get('accelerator', 'none') == 'none' else hw['accelerator']}, "
+                  f"{hw.get('cpu_count')} CPU cores ({hw.get('processor')}), Keras "
                   f"{hw.get('keras')} / {hw.get('backend')} backend, {tr.get('replicas', 1)} replica(s) "
                   f"under the `{tc.get('strategy', 'default')}` strategy",
                   f"- **Skipped files**: {len(tr.get('skipped_files', []))}"]
@@ -41,13 +45,13 @@ def render_model_card(config: dict[str, Any]) -> str:
             if r:
                 ci = r["accuracy_ci"]
                 auc = "n/a" if r.get("macro_auc") is None else f"{r['macro_auc']:.4f}"
-                lines.append(f"| {part.replace('_', '-')} | {r['n']} | {r['accuracy']:.4f} "
+                lines.append(f"| {_PART_NAMES[part]} | {r['n']} | {r['accuracy']:.4f} "
                              f"({ci['low']:.4f}-{ci['high']:.4f}) | {r['macro_f1']:.4f} | {auc} |")
         for part in ("official", "leakage_free"):
             r = m.get(part)
             if not r:
                 continue
-            lines += ["", f"Per class, {part.replace('_', '-')}:", "",
+            lines += ["", f"Per class, {_PART_NAMES[part]}:", "",
                       "| class | precision | recall | specificity | F1 | AUC | n |", "|---|---|---|---|---|---|---|"]
             for c, pc in r["per_class"].items():
                 auc = "n/a" if pc.get("auc") is None else f"{pc['auc']:.4f}"
