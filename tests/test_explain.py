@@ -248,9 +248,11 @@ def test_explain_real_scans_single_bundle():
 def test_two_stage_view_attribution(two_stage):
     x = _images(2, 32, seed=10)
     out = explain(two_stage, x, methods=("gradcam", "saliency", "smoothgrad", "integrated_gradients",
-                                         "shap_gradient", "occlusion"), smooth_samples=4, shap_samples=8)
+                                         "shap_gradient", "occlusion", "shap_partition"),
+                  smooth_samples=4, shap_samples=8, max_evals=40)
     for e in out:
         assert set(e.view_attribution) == {"saliency", "smoothgrad", "integrated_gradients", "shap_gradient"}
+        assert all(m.shape == (32, 32) and np.all(np.isfinite(m)) for m in e.maps.values())
         assert all(v.shape == (128,) and np.all(np.isfinite(v)) for v in e.view_attribution.values())
         assert e.view_probabilities.shape == (3,) and e.view_names == ("axial", "coronal", "sagittal")
         assert e.extra["integrated_gradients"]["completeness_error"] < 0.02  # the view vector's share counts
