@@ -33,7 +33,9 @@ def evaluation_samples(bundle, samples: Sequence[Sample], data: str,
     if same_dataset:
         own = [s for s in samples if table.get(_rel(s.path, data)) == "test"]
         if own:
-            return own, trained, "held-out test split of the model's own split.csv"
+            official = all(s.split == "test" for s in own)
+            return own, trained, ("official test split" if official
+                                  else "held-out test split of the model's own split.csv")
     official = [s for s in samples if s.split == "test"]
     if official:
         return official, trained, "official test split"
