@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 SAMPLES = ROOT / "xai_bt" / "samples"
 #: methods whose per-image cost is many model calls: timed on fewer images at "batch 32"
 COSTLY = {"scorecam": 2, "smoothgrad": 8, "integrated_gradients": 8, "occlusion": 8, "shap_gradient": 4,
@@ -40,7 +42,8 @@ def load(model_path: Path):
         if bundle.kind != "single":
             raise SystemExit(f"{model_path}: a {bundle.kind} bundle; this benchmark times single-network bundles")
         x, net, layer = bundle.prepare([str(f) for f in files]), bundle.model, bundle.last_conv_layer
-        what = f"`{model_path}` ({bundle.config.get('arch', net.name)}, {bundle.preprocessing.image_size} px, " \
+        shown = model_path.resolve().relative_to(ROOT) if model_path.resolve().is_relative_to(ROOT) else model_path
+        what = f"`{shown}` ({bundle.config.get('arch', net.name)}, {bundle.preprocessing.image_size} px, " \
                f"layer `{layer}`)"
     else:
         from xai_bt.architectures import build
@@ -122,11 +125,11 @@ def main(argv: list[str] | None = None) -> str:
         "",
         f"Model: {what}. Input: the four sample scans in `xai_bt/samples`, repeated to 32. "
         f"Machine: {platform.processor() or platform.machine()}, {cores} CPU cores, TensorFlow {tf.__version__} (CPU). "
-        f"Median of {r} timed calls after a warm-up call (1 call for the costly methods).",
+        f"Median of {r} timed calls after a warm-up call (1 call for the costly methods, which take seconds).",
         "",
-        ("**Timed under load**: other jobs (model training) were running; load average "
+        ("**Timed under load**: other jobs were running; load average "
          f"{load_start:.1f} at the start and {load_end:.1f} at the end on {cores} cores. Absolute numbers are "
-         "pessimistic; ratios measured back to back are the meaningful part." if loaded else
+         "pessimistic and noisy (tens of percent between back-to-back calls); read ratios, not decimals." if loaded else
          f"Load average {load_start:.1f} / {load_end:.1f} (start / end) on {cores} cores."),
         "",
         "| method | ms/image, batch 1 | ms/image, batch 32 | first call (s, incl. tracing/JIT) |",
