@@ -48,11 +48,11 @@ def test_model_built_under_jax_loads_under_tensorflow(tmp_path):
         from xai_bt.bundle import save_bundle
         from xai_bt.preprocess import Preprocessing
         from xai_bt.sample import CLASS_NAMES, PLANES
-        view = architectures.view_classifier("plane_cnn", 64).model
-        tumor = architectures.build("efficientnet_lite0", 64, 4, extra_input=True)
+        view = architectures.view_classifier("plane_cnn", 32).model
+        tumor = architectures.build("efficientnet_lite0", 32, 4, extra_input=True)
         save_bundle("{tmp_path / 'jax_bundle'}", "two_stage", {{"view": view, "model": tumor.model}}, CLASS_NAMES,
-                    Preprocessing(image_size=64), tumor.last_conv_layer, view_names=list(PLANES))
-        x = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 1)).astype("float32")
+                    Preprocessing(image_size=32), tumor.last_conv_layer, view_names=list(PLANES))
+        x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 1)).astype("float32")
         v = np.asarray(view(x))
         f = np.random.default_rng(1).normal(size=(3, 128)).astype("float32")
         np.savez("{tmp_path / 'ref.npz'}", x=x, f=f, v=v, t=np.asarray(tumor.model([x, f])))
