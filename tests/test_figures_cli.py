@@ -103,6 +103,7 @@ def test_calibrate_then_figures(setup, tmp_path, capsys):
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "ECE" in printed and "AUC" in printed
+    assert "cut off" not in printed  # every figure fits its journal width
     d = out / "tiny"
     for part in ("official", "leakage_free"):
         for stem in (f"roc_{part}", f"pr_{part}", f"confusion_counts_{part}", f"confusion_normalised_{part}",
@@ -114,7 +115,7 @@ def test_calibrate_then_figures(setup, tmp_path, capsys):
             assert (d / f"metrics_{part}.{ext}").is_file()
     for stem in ("training_curves",):
         assert (d / f"{stem}.png").is_file()
-    for table in ("summary", "auc_ci", "calibration"):
+    for table in ("summary", "auc_ci", "calibration", "calibration_change"):
         for ext in ("csv", "md", "tex"):
             assert (d / f"{table}.{ext}").is_file(), table
     for f in ("architecture_comparison.png", "architecture_comparison.pdf", "comparison.csv", "comparison.md",
@@ -130,6 +131,13 @@ def test_calibrate_then_figures(setup, tmp_path, capsys):
     official = {r["probabilities"]: r for r in cal if r["data"] == "official test split"}
     assert float(official["temperature-scaled"]["temperature"]) == pytest.approx(t, rel=1e-4)
     assert float(official["raw"]["n"]) == 4 * N_TEST
+
+    with open(d / "calibration_change.csv", newline="") as fh:
+        change = {(r["test_set"], r["metric"]): r for r in csv.DictReader(fh)}
+    nll_change = change[("official test split", "nll")]
+    assert float(nll_change["change"]) == pytest.approx(
+        float(official["temperature-scaled"]["nll"]) - float(official["raw"]["nll"]), abs=1e-9)
+    assert float(nll_change["change_ci_low"]) <= float(nll_change["change"]) <= float(nll_change["change_ci_high"])
 
     results = json.loads((d / "results.json").read_text())
     assert results["parts"]["official"]["n"] == 4 * N_TEST

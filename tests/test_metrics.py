@@ -151,6 +151,19 @@ def test_auc_with_ci_is_fast_on_benchmark_size():
     json.dumps(result, allow_nan=False)
 
 
+def test_paired_bootstrap_difference():
+    y, p = make_predictions(300)
+    sharper = softmax(3 * np.log(p), axis=1)
+    brier = lambda yt, pp: float(np.mean(np.sum((pp - np.eye(4)[yt]) ** 2, axis=1)))  # noqa: E731
+    same = metrics.bootstrap_difference(brier, y, p, p, n_boot=50)
+    assert same["estimate"] == same["low"] == same["high"] == 0.0
+    diff = metrics.bootstrap_difference(brier, y, p, sharper, n_boot=200, seed=2)
+    a, b = (metrics.bootstrap_ci(brier, y, q, n_boot=200, seed=2) for q in (p, sharper))
+    assert diff["estimate"] == pytest.approx(b["estimate"] - a["estimate"])
+    assert diff["low"] <= diff["estimate"] <= diff["high"]
+    assert diff["high"] - diff["low"] < (a["high"] - a["low"]) + (b["high"] - b["low"])  # pairing narrows it
+
+
 def test_roc_bands_cover_the_curve_and_match_sklearn():
     from sklearn.metrics import roc_curve
 
@@ -249,7 +262,7 @@ def _figures() -> dict[str, Figure]:
                "val_accuracy": [0.4, 0.6, 0.7], "learning_rate": [1e-3, 5e-4, 1e-4]}
     rows = [{"name": "cnn", "accuracy": 0.87, "ci_low": 0.85, "ci_high": 0.89, "leakage_free_accuracy": 0.8,
              "leakage_free_ci_low": 0.77, "leakage_free_ci_high": 0.83},
-            {"name": "peer", "accuracy": 0.93, "ci_low": 0.92, "ci_high": 0.94}]
+            {"name": "efficientnet_lite0_two_stage", "accuracy": 0.93, "ci_low": 0.92, "ci_high": 0.94}]
     return {
         "roc": eval_plots.plot_roc(y, p, NAMES, n_boot=100),
         "pr": eval_plots.plot_pr(y, p, NAMES),
@@ -261,6 +274,14 @@ def _figures() -> dict[str, Figure]:
         "training": eval_plots.plot_training_curves(history),
         "comparison": eval_plots.plot_architecture_comparison(rows),
     }
+
+
+def test_plots_fit_their_column_width():
+    for name, fig in _figures().items():
+        assert style.clipped_texts(fig) == [], name
+    fig = eval_plots.plot_roc(*make_predictions(100), NAMES, ci=False)
+    fig.axes[0].set_title("a title far too long for a single journal column, which save_figure would cut")
+    assert style.clipped_texts(fig) and "far too long" in style.clipped_texts(fig)[0]
 
 
 def test_plots_render_headless_with_embedded_truetype(tmp_path):

@@ -48,12 +48,19 @@ def _as_float_array(values: Sequence[float | None]) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
+def _num(x: float) -> str:
+    """Three decimals, four from 0.99 up (AUC and AP of a good model would all print 1.000)."""
+    return f"{x:.4f}" if x >= 0.99 else f"{x:.3f}"
+
+
 def _ci_text(ci: Mapping[str, Any]) -> str:
+    """"0.912 [0.893, 0.930]"; four decimals from 0.99 up, where three would print 1.000 for all."""
     if ci.get("estimate") is None:
         return "n/a"
+    d = 4 if ci["estimate"] >= 0.99 else 3
     if ci.get("low") is None or ci.get("high") is None:
-        return f"{ci['estimate']:.3f}"
-    return f"{ci['estimate']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
+        return f"{ci['estimate']:.{d}f}"
+    return f"{ci['estimate']:.{d}f} [{ci['low']:.{d}f}, {ci['high']:.{d}f}]"
 
 
 # --------------------------------------------------------------------------------------------- ROC / PR
@@ -81,14 +88,14 @@ def plot_roc(
         else None
     for i, (name, curve) in enumerate(curves["per_class"].items()):
         color = class_color(name, i)
-        value = _ci_text(cis["per_class"][name]) if cis else f"{curve['auc']:.3f}"
+        value = _ci_text(cis["per_class"][name]) if cis else _num(curve['auc'])
         if bands is not None and name in bands["per_class"]:
             b = bands["per_class"][name]
             ax.fill_between(bands["fpr"], _as_float_array(b["low"]), _as_float_array(b["high"]), step="post",
                             color=color, alpha=0.18, lw=0)
         ax.plot(curve["fpr"], curve["tpr"], color=color, label=f"{name}  {value}")
     macro_auc = np.mean([c["auc"] for c in curves["per_class"].values()])
-    value = _ci_text(cis["macro"]) if cis else f"{macro_auc:.3f}"
+    value = _ci_text(cis["macro"]) if cis else _num(macro_auc)
     ax.plot(curves["macro"]["fpr"], curves["macro"]["tpr"], color=OKABE_ITO["black"], ls="--",
             label=f"macro  {value}")
     ax.plot([0, 1], [0, 1], ls=":", lw=0.8, color="0.6")
@@ -131,10 +138,10 @@ def plot_pr(
     curves = pr_curves(y_true, y_prob, class_names)
     for i, (name, curve) in enumerate(curves["per_class"].items()):
         ax.plot(curve["recall"], curve["precision"], drawstyle="steps-post", color=class_color(name, i),
-                label=f"{name}  {curve['average_precision']:.3f}")
+                label=f"{name}  {_num(curve['average_precision'])}")
     micro = curves["micro"]
     ax.plot(micro["recall"], micro["precision"], drawstyle="steps-post", color=OKABE_ITO["black"], ls="--",
-            label=f"micro  {micro['average_precision']:.3f}")
+            label=f"micro  {_num(micro['average_precision'])}")
     ax.set(xlim=(-0.01, 1.01), ylim=(0.0, 1.02), xlabel="Recall (sensitivity)", ylabel="Precision",
            title="Precision-recall, one-vs-rest")
     ax.legend(loc="lower left", title="Average precision", title_fontsize=7)
@@ -193,7 +200,7 @@ def _draw_reliability(ax: Axes, bins: Mapping[str, Any], title: str, xlabel: str
             ax.text(left + w / 2, max(a, c) + 0.02, str(n), rotation=90, ha="center", va="bottom",
                     fontsize=5, color="0.3")
     ax.set(xlim=(0, 1), ylim=(0, 1.2), yticks=np.linspace(0, 1, 6), xlabel=xlabel, ylabel=ylabel,
-           title=f"{title} (ECE {bins['ece']:.3f})")
+           title=f"{title} (ECE {bins['ece']:.4f})")
     if legend:
         ax.legend(loc="upper left", fontsize=6)
 
@@ -353,6 +360,7 @@ def plot_architecture_comparison(rows: Sequence[Mapping[str, Any]], ax: Axes | N
     """Forest plot of accuracy with CI per model, on the official test split and, where given, on the
     leakage-free subset (keys: name, accuracy, ci_low, ci_high, leakage_free_accuracy,
     leakage_free_ci_low, leakage_free_ci_high). Rows are drawn top to bottom in the given order."""
+    own_figure = ax is None
     fig, ax = _figure_axes(ax, (ONE_COLUMN[0], 0.9 + 0.32 * len(rows)))
     y = np.arange(len(rows))[::-1].astype(np.float64)
     x, err = _errors(rows, "accuracy", "ci_low", "ci_high")
@@ -366,5 +374,8 @@ def plot_architecture_comparison(rows: Sequence[Mapping[str, Any]], ax: Axes | N
     ax.set_yticks(y, [str(r["name"]) for r in rows])
     ax.set(xlabel="Accuracy (95% CI)", ylim=(-0.7, len(rows) - 0.3))
     ax.grid(axis="x", lw=0.4, color="0.85")
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2)
+    if own_figure:  # a figure legend, centred on the figure: long model names shift the axes right
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside upper center", ncols=2)
+    else:
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2)
     return fig

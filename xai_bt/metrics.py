@@ -280,6 +280,35 @@ def bootstrap_ci(
     return _percentile_ci(_float(metric_fn(y, p)), boots, alpha, stratified)
 
 
+def bootstrap_difference(
+    metric_fn: MetricFn,
+    y_true: Any,
+    y_prob_a: Any,
+    y_prob_b: Any,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    stratified: bool = True,
+) -> dict[str, Any]:
+    """Paired percentile bootstrap CI of ``metric_fn(y, b) - metric_fn(y, a)`` on the same samples.
+
+    Both probability sets are evaluated on each resample (e.g. before and after temperature scaling), so
+    the interval reflects the change, not the two sampling errors. Same return shape as
+    :func:`bootstrap_ci` (``estimate`` is the observed difference).
+    """
+    y, a = check_inputs(y_true, y_prob_a)
+    _, b = check_inputs(y_true, y_prob_b)
+    if a.shape != b.shape:
+        raise ValueError(f"probability sets differ in shape: {a.shape} vs {b.shape}")
+    boots = np.empty(n_boot)
+    for i, idx in enumerate(_bootstrap_indices(y, n_boot, seed, stratified)):
+        try:
+            boots[i] = metric_fn(y[idx], b[idx]) - metric_fn(y[idx], a[idx])
+        except ValueError:
+            boots[i] = np.nan
+    return _percentile_ci(_float(metric_fn(y, b) - metric_fn(y, a)), boots, alpha, stratified)
+
+
 def _weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """ROC-AUC of one binary problem under each row of sample weights (B, n) -> (B,).
 

@@ -11,7 +11,8 @@ defined by :func:`xai_bt.evaluate.evaluate_bundle`):
 - ``training_curves`` from the bundle's history.csv (``training_curves_<stage>`` for a cascade);
 - tables (CSV full precision, Markdown, LaTeX): ``summary``, ``metrics_<part>`` (per class and averages),
   ``auc_ci`` (per-class AUC with 95% CIs, both parts), ``calibration`` (ECE/MCE/classwise ECE/Brier/NLL
-  before and after temperature scaling, on the validation split where it was fitted and on the test parts);
+  before and after temperature scaling, on the validation split where it was fitted and on the test parts),
+  ``calibration_change`` (ECE/NLL/Brier raw and scaled with bootstrap CIs, and the paired CI of the change);
 - ``results.json`` (every number above) and ``predictions.csv`` (per scan: probabilities raw and scaled,
   and the raw logits at full precision, so everything can be recomputed without the model).
 
@@ -35,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-PARTS = {"official": "official test split", "leakage_free": "leakage-free test subset"}
+PARTS = {"official": "official test split", "leakage_free": "leakage-free subset"}
 SETTINGS = ("raw", "calibrated")
 FORMATS = ("png", "pdf", "svg", "eps", "jpg", "tif")
 COMPARISON_STEMS = ("architecture_comparison",)
@@ -200,6 +201,24 @@ def part_numbers(ev: ModelEvaluation, part: str, n_boot: int = 1000, n_bins: int
             "auc_ci": auc_with_ci(y, p, ev.class_names, n_boot=n_boot),
             "calibration": calibration_report(y, p, n_bins),
         }
+    out["calibration_change"] = calibration_change(y, ev.probs["raw"][m], ev.probs["calibrated"][m], n_boot, n_bins)
+    return out
+
+
+def calibration_change(y: np.ndarray, p_raw: np.ndarray, p_scaled: np.ndarray, n_boot: int = 1000,
+                       n_bins: int = 15) -> dict[str, Any]:
+    """ECE, NLL and Brier raw and scaled with 95% bootstrap CIs, and the paired CI of the change
+    (scaled - raw; negative = temperature scaling helped) on the same resamples."""
+    from functools import partial
+
+    from .calibration import brier_score, ece, nll
+    from .metrics import bootstrap_ci, bootstrap_difference
+
+    out = {}
+    for name, fn in (("ece", partial(ece, n_bins=n_bins)), ("nll", nll), ("brier", brier_score)):
+        out[name] = {"raw": bootstrap_ci(fn, y, p_raw, n_boot=n_boot),
+                     "scaled": bootstrap_ci(fn, y, p_scaled, n_boot=n_boot),
+                     "change": bootstrap_difference(fn, y, p_raw, p_scaled, n_boot=n_boot)}
     return out
 
 
@@ -225,12 +244,15 @@ class _Writer:
     """Saves figures and tables, remembering every path (and refusing to replace unless overwrite)."""
 
     def __init__(self, formats: Sequence[str], overwrite: bool):
-        self.formats, self.overwrite, self.paths = tuple(formats), overwrite, []
+        self.formats, self.overwrite, self.paths, self.clipped = tuple(formats), overwrite, [], []
 
     def figure(self, fig, stem: Path) -> None:
-        from .style import save_figure
+        from .style import clipped_texts, save_figure
 
         self.paths += save_figure(fig, stem, formats=self.formats, overwrite=self.overwrite)
+        cut = clipped_texts(fig)
+        if cut:
+            self.clipped.append(f"{Path(stem).name}: cut off at the figure edge: {', '.join(cut)}")
 
     def table(self, rows: list[dict[str, Any]], stem: Path, digits: int = 3) -> None:
         from .metrics import write_tables
@@ -268,12 +290,13 @@ def model_outputs(ev: ModelEvaluation, out_dir: str | os.PathLike, formats: Sequ
     for part, nums in numbers.items():
         m = ev.masks[part]
         y, p = ev.y[m], ev.probs["calibrated"][m]
-        where = f"{PARTS[part]}, n = {nums['n']}"
+        # titles sized to fit the journal widths: figures are saved at exactly the style's size
+        where = f"{PARTS[part][0].upper()}{PARTS[part][1:]} (n = {nums['n']})"
         fig = eval_plots.plot_roc(y, p, names, n_boot=n_boot)
-        fig.axes[0].set_title(f"ROC, {where}")
+        fig.axes[0].set_title(where)
         w.figure(fig, out / f"roc_{part}")
         fig = eval_plots.plot_pr(y, p, names)
-        fig.axes[0].set_title(f"Precision-recall, {where}")
+        fig.axes[0].set_title(where)
         w.figure(fig, out / f"pr_{part}")
         cm = np.asarray(nums["calibrated"]["report"]["confusion_matrix"])
         for kind, normalise in (("counts", False), ("normalised", True)):
@@ -282,11 +305,11 @@ def model_outputs(ev: ModelEvaluation, out_dir: str | os.PathLike, formats: Sequ
             w.figure(fig, out / f"confusion_{kind}_{part}")
         fig = eval_plots.plot_reliability_comparison(
             y, {labels[s]: ev.probs[s][m] for s in SETTINGS}, n_bins=n_bins, class_names=names)
-        fig.suptitle(f"Reliability, {where}")
+        fig.suptitle(where)
         w.figure(fig, out / f"reliability_{part}")
         for s in SETTINGS:
             fig = eval_plots.plot_reliability_grid(y, ev.probs[s][m], names, n_bins=n_bins)
-            fig.suptitle(f"Reliability per class (one-vs-rest), {where}; {labels[s]}")
+            fig.suptitle(f"{where}; {labels[s]}")
             w.figure(fig, out / f"reliability_classes_{part}_{s}")
 
     for stem, history in _history_files(ev.bundle):
@@ -297,6 +320,7 @@ def model_outputs(ev: ModelEvaluation, out_dir: str | os.PathLike, formats: Sequ
     if not _history_files(ev.bundle):
         ev.notes.append("no history.csv in the bundle: no training curves")
 
+    ev.notes += w.clipped
     _tables(ev, numbers, w, out)
     _predictions_csv(ev, w, out / "predictions.csv")
     record = _results_record(ev, numbers, formats)
@@ -337,6 +361,15 @@ def _tables(ev: ModelEvaluation, numbers: dict[str, Any], w: _Writer, out: Path)
             cal_rows.append(_cal_row(PARTS[part], s, 1.0 if s == "raw" else ev.temperature, nums["n"],
                                      nums[s]["calibration"]))
     w.table(cal_rows, out / "calibration", digits=4)
+    change_rows = []
+    for part, nums in numbers.items():
+        for metric, cis in nums["calibration_change"].items():
+            row = {"test_set": PARTS[part], "metric": metric, "temperature": ev.temperature}
+            for key in ("raw", "scaled", "change"):
+                row.update({key: cis[key]["estimate"], f"{key}_ci_low": cis[key]["low"],
+                            f"{key}_ci_high": cis[key]["high"]})
+            change_rows.append(row)
+    w.table(change_rows, out / "calibration_change", digits=4)
 
 
 def _cal_row(data: str, setting: str, t: float, n: int, r: dict[str, Any]) -> dict[str, Any]:
@@ -407,11 +440,21 @@ def _readme(ev: ModelEvaluation, numbers: dict[str, Any], formats: Sequence[str]
         lines.append(f"| {PARTS[part]} | {nums['n']} | {acc['estimate']:.4f} [{acc['low']:.4f}, {acc['high']:.4f}] "
                      f"| {auc_text} | {r['calibration']['ece']:.4f} -> {c['calibration']['ece']:.4f} "
                      f"| {r['calibration']['nll']:.4f} -> {c['calibration']['nll']:.4f} |")
+    lines += ["", "Effect of temperature scaling on the test parts (95% bootstrap CIs; the change is a paired "
+              "bootstrap, scaled - raw, negative = better):", "",
+              "| test set | metric | raw | scaled | change |", "|---|---|---|---|---|"]
+    for part, nums in numbers.items():
+        for metric, cis in nums["calibration_change"].items():
+            cells = [f"{c['estimate']:.4f} [{c['low']:.4f}, {c['high']:.4f}]"
+                     for c in (cis["raw"], cis["scaled"], cis["change"])]
+            lines.append(f"| {PARTS[part]} | {metric.upper() if metric != 'brier' else 'Brier'} | "
+                         + " | ".join(cells) + " |")
     if ev.notes:
         lines += ["", *[f"Note: {n}" for n in ev.notes]]
     lines += ["", "Files: `roc_*`, `pr_*`, `confusion_{counts,normalised}_*`, `reliability_*` (raw beside scaled), "
               "`reliability_classes_*_{raw,calibrated}` (overall and per class), `training_curves*`; tables "
-              "`summary`, `metrics_*`, `auc_ci`, `calibration` (.csv/.md/.tex); `results.json`; `predictions.csv`."]
+              "`summary`, `metrics_*`, `auc_ci`, `calibration`, `calibration_change` (.csv/.md/.tex); "
+              "`results.json`; `predictions.csv`."]
     return "\n".join(lines) + "\n"
 
 
@@ -474,5 +517,7 @@ def make_figures(models: Sequence[str | os.PathLike], data: str, out: str | os.P
     w = _Writer(formats, overwrite)
     w.figure(eval_plots.plot_architecture_comparison(rows), out / "architecture_comparison")
     w.table(rows, out / COMPARISON_TABLE, digits=4)
+    for note in w.clipped:
+        log(f"note: {note}")
     paths += w.paths
     return {"models": per_model, "comparison": rows, "paths": paths}

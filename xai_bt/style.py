@@ -111,3 +111,28 @@ def save_figure(
             fmt = path.suffix[1:].lower()
             fig.savefig(path, format=fmt, dpi=dpi, metadata=_METADATA.get(fmt))
     return paths
+
+
+def clipped_texts(fig: Figure, tolerance: float = 1.0) -> list[str]:
+    """What sticks out of the figure (an axes named by its title or y label, the suptitle, a figure
+    legend): :func:`save_figure` keeps the exact column width, so it would be cut off in the saved file.
+    Draws the figure once (Agg); empty when everything fits."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+
+    def outside(box) -> bool:
+        return (box is not None and (box.x0 < -tolerance or box.y0 < -tolerance or box.x1 > width + tolerance
+                                     or box.y1 > height + tolerance))
+
+    out = []
+    for i, ax in enumerate(fig.axes):
+        if outside(ax.get_tightbbox(renderer)):
+            out.append(f"axes {i} ({ax.get_title() or ax.get_ylabel() or 'untitled'})")
+    for artist in [fig._suptitle, *fig.legends, *fig.texts]:
+        if artist is not None and artist.get_visible() and outside(artist.get_window_extent(renderer)):
+            out.append(f"{type(artist).__name__} {getattr(artist, 'get_text', lambda: '')()}".strip())
+    return out
