@@ -343,14 +343,14 @@ def _tables(ev: ModelEvaluation, numbers: dict[str, Any], w: _Writer, out: Path)
             "ece_raw": nums["raw"]["calibration"]["ece"], "ece_scaled": cal["calibration"]["ece"],
             "nll_raw": nums["raw"]["calibration"]["nll"], "nll_scaled": cal["calibration"]["nll"],
         })
-        w.table(to_rows(rep), out / f"metrics_{part}")
+        w.table(to_rows(rep), out / f"metrics_{part}", digits=4)
         for cls, ci in [*cal["auc_ci"]["per_class"].items(), ("macro", cal["auc_ci"]["macro"]),
                         ("micro", cal["auc_ci"]["micro"])]:
             row = auc_rows.setdefault(cls, {"class": cls})
             prefix = "" if part == "official" else "leakage_free_"
             row.update({f"{prefix}auc": ci["estimate"], f"{prefix}ci_low": ci["low"], f"{prefix}ci_high": ci["high"]})
-    w.table(summary, out / "summary")
-    w.table(list(auc_rows.values()), out / "auc_ci")
+    w.table(summary, out / "summary", digits=4)
+    w.table(list(auc_rows.values()), out / "auc_ci", digits=4)
     record = ev.bundle.config.get("calibration")
     if record:
         for s, key in (("raw", "before"), ("calibrated", "after")):
