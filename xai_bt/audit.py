@@ -437,7 +437,8 @@ def run_audit(model, data: str, *, methods: Sequence[str] = DEFAULT_METHODS, mas
               "by_plane": [s.plane or "unknown" for s in aset.samples],
               "by_prediction": ["correct" if c else "wrong" for c in correct]}
     summary = {
-        "model": str(bundle.path), "model_name": bundle.name, "data": str(data), "classes": list(names),
+        "model": str(bundle.path), "model_name": bundle.name, "temperature": bundle.temperature,
+        "data": str(data), "classes": list(names),
         "input_size": size, "cam_layer": layer, "target": target, "methods": list(methods),
         "n_images": len(aset.samples), "selection": selection, "unseen_definition": unseen_text,
         "accuracy": float(correct.mean()),

@@ -81,6 +81,7 @@ def render_report(summary: dict[str, Any], gallery: dict[str, list[dict[str, Any
 def _header(s: dict[str, Any]) -> str:
     rows = [("Model", s["model"]), ("Data", s["data"]), ("Scans audited", s["n_images"]),
             ("Model accuracy on them", f"{100 * s['accuracy']:.1f}%"),
+            ("Temperature (probabilities)", f"{s.get('temperature', 1.0):g}"),
             ("Explained class", "the annotated (true) class" if s["target"] == "true" else "the predicted class"),
             ("Methods", ", ".join(s["methods"])), ("CAM layer", s.get("cam_layer") or "-"),
             ("Masks", ", ".join(f"{k}: {v}" for k, v in s["mask_sources"].items())),
