@@ -1,15 +1,17 @@
-"""`python -m xai_bt explain scan.jpg [more files | folders] [--methods gradcam,layercam|all] [--out DIR]`.
+"""`python -m xai_bt explain scan.jpg [more files | folders] [--list files.txt] [--methods gradcam,layercam|all] [--out DIR]`.
 
-Writes, per scan, an annotated figure (`<stem>.png/.pdf`), a JSON sidecar and optionally the raw maps,
-plus `index.csv` in the output folder (one row per scan: ok / error / skipped). Bad files are reported
-and the run goes on; existing outputs are kept unless --overwrite. Exit 0 when every scan was explained
-or skipped, 1 when any failed, 2 for usage errors.
+Writes, per scan, an annotated figure (`<stem>.png/.pdf`, or none with `--format none`), a JSON sidecar and
+optionally the raw maps, plus `index.csv` in the output folder (one row per scan: ok / error / skipped).
+Scans stream through `tf.data` in batches (:mod:`xai_bt.archive`), so memory stays flat for any archive;
+each batch's files are written atomically and its index rows appended (fsync) as it finishes. `--resume`
+finishes a killed run without redoing finished scans; `--shard K/N` explains every N-th scan of the
+sorted list into `index-K-of-N.csv`, and a final `--resume` run without `--shard` merges the shards'
+indexes into `index.csv`. Bad files are reported and the run goes on; existing outputs are kept unless
+--overwrite. Exit 0 when every scan was explained or skipped, 1 when any failed, 2 for usage errors.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 from collections import Counter
@@ -22,6 +24,7 @@ from . import fail
 FORMATS = ("png", "pdf", "svg")
 INDEX = "index.csv"
 INDEX_FIELDS = ("path", "status", "prediction", "confidence", "figure", "error", "note")
+GEOMETRY_FIELDS = 6   # original height, width, head box y0, y1, x0, x1
 
 
 class UsageError(ValueError):
@@ -38,30 +41,43 @@ class Job:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", help="scan files (JPEG, PNG, TIFF, DICOM) or folders")
+    p.add_argument("inputs", nargs="*", help="scan files (JPEG, PNG, TIFF, DICOM) or folders (searched recursively)")
+    p.add_argument("--list", dest="list_file", metavar="FILE",
+                   help="text file of scan paths, one per line (relative to the file's folder)")
     p.add_argument("--model", help="model bundle (default: the shipped default model)")
     p.add_argument("--methods", default="gradcam",
                    help="comma-separated methods, or 'all' (default: gradcam)")
     p.add_argument("--target", help="class to explain (default: each scan's predicted class)")
     p.add_argument("--layer", help="conv layer for the CAM methods (default: the bundle's last conv layer)")
     p.add_argument("--out", default="explanations", help="output folder (default: explanations/)")
-    p.add_argument("--format", default="png,pdf", help="figure formats, comma-separated (default: png,pdf)")
+    p.add_argument("--format", default="png,pdf",
+                   help="figure formats, comma-separated, or 'none' for JSON sidecars only (default: png,pdf)")
     p.add_argument("--top-k", type=float, default=0.1,
                    help="fraction of pixels outlined as the map's top region (default: 0.1)")
     p.add_argument("--mask", help="tumor mask of the (single) scan, outlined on every panel")
     p.add_argument("--save-maps", action="store_true", help="also save each map as <stem>_<method>.npy")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs instead of skipping")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted run: scans with an index row and their files are not redone")
+    p.add_argument("--shard", metavar="K/N",
+                   help="explain only shard K of N of the sorted file list (index: index-K-of-N.csv)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, help="scans decoded in parallel (default: tf.data AUTOTUNE)")
 
 
 def main(args: argparse.Namespace) -> int:
+    from .. import archive
     from ..bundle import BundleError, default_model_path, load_model
-    from ..imageio import iter_image_files
 
     try:
         methods, formats = parse_methods(args.methods), parse_formats(args.format)
         check_numbers(args.top_k, args.batch_size)
-        files = _input_files(args.inputs, iter_image_files)
+        shard = archive.parse_shard(args.shard)
+        if args.workers is not None and args.workers < 1:
+            raise UsageError(f"--workers must be at least 1, got {args.workers}")
+        if args.resume and args.overwrite:
+            raise UsageError("--resume keeps finished scans and --overwrite redoes them: choose one")
+        files = input_files(args.inputs, args.list_file)
         if args.mask and len(files) != 1:
             raise UsageError(f"--mask describes one scan, but {len(files)} scans were given")
         if args.mask and not Path(args.mask).is_file():
@@ -69,16 +85,28 @@ def main(args: argparse.Namespace) -> int:
         bundle = load_model(args.model or default_model_path())
         target = resolve_target(args.target, bundle.class_names)
         check_layer(args.layer, bundle)
-    except (UsageError, BundleError) as e:
+    except (UsageError, BundleError, ValueError) as e:
         return fail(str(e))
-    jobs = [Job(f, s) for f, s in zip(files, unique_stems(files))]
+    stems = unique_stems(files)                 # over the whole list, so shards never share a name
+    jobs = [Job(files[i], stems[i]) for i in archive.shard_positions(len(files), shard)]
     out = Path(args.out)
-    todo = [j for j in jobs if not _skip_existing(j, out, formats, methods, args)]
+    out.mkdir(parents=True, exist_ok=True)
+    index = archive.IndexFile(out / archive.index_name(shard, INDEX), INDEX_FIELDS)
+    names = {n for j in jobs for n in _output_names(j.stem, formats, methods, args.save_maps)} | {index.path.name}
+    archive.sweep_temporaries(out, names.__contains__)      # leftovers of a killed run
+    if args.resume:
+        todo, earlier = _resume(jobs, index, out, formats, methods, args, merge=shard is None)
+    else:
+        index.read(repair=True)               # a row cut short by a kill must not swallow the next one
+        todo = [j for j in jobs if not _skip_existing(j, out, formats, methods, args)]
+        index.append([j.row for j in jobs if j.row.get("status") == "skipped"])
+        earlier = []
     try:
-        _run(todo, bundle, methods, formats, target, args)
-    finally:                      # also after Ctrl-C: the index lists what was done so far
-        write_index(out, [j.row for j in jobs if j.row.get("status")])
-    return _report(jobs, out)
+        _run(todo, bundle, methods, formats, target, args, index)
+    finally:                      # also after Ctrl-C: one row per scan, sorted
+        index.close()
+        index.compact()
+    return _report(jobs, earlier, index.path)
 
 
 # --- checking what the user asked for -----------------------------------------------------------
@@ -97,11 +125,14 @@ def parse_methods(text: str) -> list[str]:
 
 
 def parse_formats(text: str) -> list[str]:
-    """'png,pdf' -> ['png', 'pdf']; only formats matplotlib writes losslessly for papers."""
+    """'png,pdf' -> ['png', 'pdf']; only formats matplotlib writes losslessly for papers. 'none' -> [] (no
+    figures: the JSON sidecar, and maps with --save-maps, only; the fast setting for large archives)."""
+    if text.strip().lower() == "none":
+        return []
     names = list(dict.fromkeys(f.strip().lower().lstrip(".") for f in text.split(",") if f.strip()))
     bad = [f for f in names if f not in FORMATS]
     if bad or not names:
-        raise UsageError(f"unknown figure format {bad[0] if bad else text!r}; choose from {', '.join(FORMATS)}")
+        raise UsageError(f"unknown figure format {bad[0] if bad else text!r}; choose from {', '.join(FORMATS)} or none")
     return names
 
 
@@ -139,14 +170,22 @@ def check_layer(layer: str | None, bundle) -> None:
         raise UsageError(f"unknown layer {layer!r}; the model's last conv layer is {bundle.last_conv_layer!r}")
 
 
-def _input_files(inputs: list[str], iter_image_files) -> list[str]:
-    """Scan files named or found in folders; missing paths and empty selections are usage errors."""
-    missing = [p for p in inputs if not Path(p).exists()]
+def input_files(inputs: list[str], list_file: str | None = None) -> list[str]:
+    """Scan files named, found in folders (recursively) or listed in `list_file`, sorted; missing inputs
+    and empty selections are usage errors (a missing file named inside the list fails only its scan)."""
+    from ..archive import list_inputs
+
+    missing = [p for p in inputs + ([list_file] if list_file else []) if not Path(p).exists()]
     if missing:
         raise UsageError(f"{missing[0]}: no such file or folder")
-    files = iter_image_files(inputs)
+    if not inputs and not list_file:
+        raise UsageError("give scan files or folders, or --list FILE")
+    try:
+        files = list_inputs(inputs, list_file)
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{list_file}: cannot read the list ({e})") from e
     if not files:
-        raise UsageError(f"no scan files found in {' '.join(inputs)}")
+        raise UsageError(f"no scan files found in {' '.join(inputs + ([list_file] if list_file else []))}")
     return files
 
 
@@ -164,7 +203,56 @@ def unique_stems(files: list[str]) -> list[str]:
     return out
 
 
-# --- doing it -----------------------------------------------------------------------------------
+def _output_names(stem: str, formats: list[str], methods: list[str], save_maps: bool) -> list[str]:
+    """File names a scan's outputs have (and its temporary folder's name, the stem)."""
+    from ..heatmap_figure import output_paths
+
+    return [stem] + [p.name for p in output_paths(stem, ".", formats, methods, save_maps)]
+
+
+# --- which scans to do --------------------------------------------------------------------------
+
+def _outputs_exist(stem: str, out: Path, formats: list[str], methods: list[str], save_maps: bool) -> bool:
+    from ..heatmap_figure import output_paths
+
+    return all(p.exists() for p in output_paths(stem, out, formats, methods, save_maps))
+
+
+def _resume(jobs: list[Job], index, out: Path, formats: list[str], methods: list[str], args,
+            merge: bool) -> tuple[list[Job], list[dict[str, str]]]:
+    """Split jobs into finished (an index row, and for ok/skipped rows all their files) and to do; rewrite
+    the index without rows of unfinished scans so each scan ends with exactly one row. `merge`: also take
+    rows from the shard indexes (`index-K-of-N.csv`) in `out`. Returns (to do, earlier rows of these jobs)."""
+    from .. import archive
+
+    rows = index.latest(repair=True)
+    if merge:
+        for path in archive.shard_indexes(out, INDEX):
+            rows.update(archive.IndexFile(path, INDEX_FIELDS).latest())
+    this_run = {j.path for j in jobs}
+    keep = {p: r for p, r in rows.items() if p not in this_run}
+    todo, earlier = [], []
+    for job in jobs:
+        row = rows.get(job.path)
+        finished = row is not None and (row.get("status") == "error" or (
+            row.get("status") in ("ok", "skipped")
+            and _outputs_exist(job.stem, out, formats, methods, args.save_maps)))
+        if finished:
+            keep[job.path] = row
+            earlier.append(row)
+            continue
+        sidecar = _previous_result(out / f"{job.stem}.json", job.path)
+        if "note" in sidecar:              # outputs of this name belong to another scan: leave them
+            job.row.update(path=job.path, status="skipped", figure=str(out / f"{job.stem}.json"), **sidecar)
+            keep[job.path] = job.row
+            earlier.append(job.row)
+            continue
+        todo.append(job)                   # files without a row are from a killed batch: redo them
+    index.rewrite(keep[p] for p in sorted(keep))
+    if earlier:
+        print(f"resume: {len(earlier)} of {len(jobs)} scans already done, {len(todo)} to go", file=sys.stderr)
+    return todo, earlier
+
 
 def _skip_existing(job: Job, out: Path, formats: list[str], methods: list[str], args) -> bool:
     """Mark a scan whose outputs exist as skipped (unless --overwrite); True when skipped."""
@@ -177,7 +265,7 @@ def _skip_existing(job: Job, out: Path, formats: list[str], methods: list[str], 
         job.row["note"] = "replaced earlier outputs"
         return False
     print(f"skip: {job.path}: {existing[0]} exists (pass --overwrite to replace)", file=sys.stderr)
-    job.row.update(path=job.path, status="skipped", figure=str(out / f"{job.stem}.{formats[0]}"),
+    job.row.update(path=job.path, status="skipped", figure=str(out / f"{job.stem}.{(formats or ['json'])[0]}"),
                    note="outputs exist; pass --overwrite to replace")
     job.row.update(_previous_result(out / f"{job.stem}.json", job.path))
     return True
@@ -195,74 +283,117 @@ def _previous_result(sidecar: Path, path: str) -> dict[str, Any]:
         return {}
 
 
-def _run(jobs: list[Job], bundle, methods: list[str], formats: list[str], target: str | None, args) -> None:
-    """Explain the jobs batch by batch under a progress bar; every job ends with an index row."""
+# --- doing it -----------------------------------------------------------------------------------
+
+def _run(jobs: list[Job], bundle, methods: list[str], formats: list[str], target: str | None, args,
+         index) -> None:
+    """Stream the jobs through tf.data under a progress bar; each batch's rows are appended when it is saved."""
     from tqdm import tqdm
 
-    from ..bundle import iter_batches
+    from .. import archive
 
     if not jobs:
         return
-    with tqdm(total=len(jobs), unit="scan", file=sys.stderr, desc="explaining") as bar:
-        for batch in iter_batches(jobs, args.batch_size):
-            _explain_batch(batch, bundle, methods, formats, target, args, bar.write)
-            bar.update(len(batch))
+    load, specs = _loader(bundle, args.mask)
+    batches = archive.stream([j.path for j in jobs], load, specs, args.batch_size, parallel=args.workers)
+    with tqdm(total=len(jobs), unit="scan", file=sys.stderr, desc="explaining", smoothing=0.1) as bar:
+        for batch in batches:
+            rows = _explain_batch([jobs[i] for i in batch.positions], batch, bundle, methods, formats,
+                                  target, args, bar.write)
+            archive.fsync_dir(args.out)      # the renames first, then the rows that say they happened
+            index.append(rows)
+            bar.update(len(rows))
 
 
-def _explain_batch(batch: list[Job], bundle, methods: list[str], formats: list[str], target: str | None,
-                   args, say) -> None:
-    """Read, explain and save one batch; a bad file or a failed save only fails its own scan."""
+def _loader(bundle, mask_path: str | None):
+    """The per-scan decode for tf.data: path -> (model input (S, S, 1), geometry[6], [prepared mask])."""
+    import numpy as np
+
+    from ..imageio import read_image, read_mask
+
+    pre = bundle.preprocessing
+    size = pre.image_size
+
+    def load(path: str):
+        gray = read_image(path)
+        out = [bundle.prepare(gray)[0], np.array([*gray.shape, *pre.head_box(gray)], np.int32)]
+        if mask_path:
+            out.append(pre.prepare_mask(read_mask(mask_path, gray.shape), gray))
+        return out
+
+    specs = [((size, size, 1), np.float32), ((GEOMETRY_FIELDS,), np.int32)]
+    return load, specs + ([((size, size), bool)] if mask_path else [])
+
+
+def _explain_batch(batch: list[Job], data, bundle, methods: list[str], formats: list[str],
+                   target: str | None, args, say) -> list[dict[str, Any]]:
+    """Explain and save one streamed batch; a bad file or a failed save only fails its own scan.
+    Returns the batch's index rows, in order."""
     import numpy as np
 
     from ..explain import explain
-    from ..heatmap_figure import GEOMETRY_KEY, save_explanation
+    from ..heatmap_figure import GEOMETRY_KEY, scan_geometry
 
-    ready, inputs, extras = [], [], []
-    for job in batch:
+    for job, ok, error in zip(batch, data.ok, data.errors):
+        if not ok:
+            _failed(job, error, say)
+    good = np.flatnonzero(data.ok)
+    explanations = []
+    if good.size:
         try:
-            x, extra = _prepare(job.path, bundle, args.mask)
-        except (ValueError, OSError) as e:  # ImageError (a ValueError) for bad scans and masks
-            _failed(job, _reason(e, job.path), say)
-            continue
-        ready.append(job)
-        inputs.append(x)
-        extras.append(extra)
-    if not ready:
-        return
-    try:
-        explanations = explain(bundle, np.concatenate(inputs), methods=tuple(methods), target=target,
-                               layer=args.layer, batch_size=args.batch_size)
-    except Exception as e:  # a method failing on this batch: report its scans, keep going
-        for job in ready:
-            _failed(job, f"explanation failed ({_reason(e, job.path)})", say)
-        return
-    for job, expl, extra in zip(ready, explanations, extras):
+            explanations = explain(bundle, data.arrays[0][good], methods=tuple(methods), target=target,
+                                   layer=args.layer, batch_size=args.batch_size)
+        except Exception as e:  # a method failing on this batch: report its scans, keep going
+            for i in good:
+                _failed(batch[i], f"explanation failed ({_reason(e, batch[i].path)})", say)
+            explanations = []
+    for i, expl in zip(good, explanations):
+        job = batch[i]
+        geo = data.arrays[1][i]
         expl.path = job.path
-        expl.extra[GEOMETRY_KEY] = extra["geometry"]
-        if extra["mask"] is not None:
-            expl.mask = extra["mask"]
+        expl.extra[GEOMETRY_KEY] = scan_geometry(tuple(geo[:2]), tuple(geo[2:]))
+        if args.mask:
+            expl.mask = data.arrays[2][i]
         try:
-            written = save_explanation(expl, args.out, formats, overwrite=args.overwrite,
-                                       save_maps=args.save_maps, top_k=args.top_k, stem=job.stem)
+            written = save_outputs(expl, Path(args.out), job.stem, formats, top_k=args.top_k,
+                                   save_maps=args.save_maps)
         except (OSError, ValueError) as e:
             _failed(job, f"cannot save ({_reason(e, job.path)})", say)
             continue
         job.row.update(path=job.path, status="ok", prediction=expl.predicted,
-                       confidence=f"{expl.confidence:.4f}", figure=str(written[0]))
+                       confidence=f"{expl.confidence:.4f}", figure=str(written[0]), error="")
         say(f"{job.path}: {expl.predicted} ({expl.confidence:.3f}) -> {written[0]}", file=sys.stdout)
+    return [j.row for j in batch]
 
 
-def _prepare(path: str, bundle, mask_path: str | None):
-    """Decode once: the model input (1, S, S, 1), the geometry back to the scan, the prepared mask."""
-    from ..heatmap_figure import scan_geometry
-    from ..imageio import read_image, read_mask
+def save_outputs(expl, out: Path, stem: str, formats: list[str], top_k: float = 0.1,
+                 save_maps: bool = False) -> list[Path]:
+    """Write a scan's figures, JSON sidecar (and maps) atomically, each fsynced, replacing what is there;
+    the caller fsyncs the folder once per batch. Returns the paths, figures first (the sidecar when none)."""
+    import shutil
 
-    gray = read_image(path)
-    pre = bundle.preprocessing
-    extra = {"geometry": scan_geometry(gray.shape, pre.head_box(gray)), "mask": None}
-    if mask_path:
-        extra["mask"] = pre.prepare_mask(read_mask(mask_path, gray.shape), gray)
-    return bundle.prepare(gray), extra
+    import numpy as np
+
+    from .. import archive
+    from ..heatmap_figure import explanation_summary, output_paths, plot_explanation, _json_value
+    from ..style import save_figure
+
+    if formats:
+        fig = plot_explanation(expl, top_k)
+        tmp = archive.temp_dir(out, stem)
+        try:
+            for path in save_figure(fig, tmp / stem, formats, overwrite=True):
+                archive.move_atomic(path, out / path.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            fig.clear()
+    summary = json.dumps(explanation_summary(expl, top_k), indent=2, default=_json_value) + "\n"
+    archive.write_atomic(out / f"{stem}.json", summary.encode(), sync_dir=False)
+    if save_maps:
+        for method, heatmap in expl.maps.items():
+            arr = np.asarray(heatmap, dtype=np.float32)
+            archive.write_atomic(out / f"{stem}_{method}.npy", lambda fh, a=arr: np.save(fh, a), sync_dir=False)
+    return output_paths(stem, out, formats, list(expl.maps), save_maps)
 
 
 def _failed(job: Job, reason: str, say) -> None:
@@ -273,46 +404,39 @@ def _failed(job: Job, reason: str, say) -> None:
 
 def _reason(e: Exception, path: str) -> str:
     """One line saying what went wrong; an ImageError about the scan itself without repeating its path."""
+    from ..archive import one_line
+
     if getattr(e, "path", None) == path and getattr(e, "problem", None):
         return e.problem
-    lines = str(e).strip().splitlines()
-    text = f"{type(e).__name__}: {lines[0] if lines else ''}"
-    return text if len(text) <= 200 else text[:197] + "..."
+    return one_line(e)
 
 
 # --- the index and the summary ------------------------------------------------------------------
 
 def write_index(out: Path, rows: list[dict[str, Any]]) -> Path:
-    """Write `index.csv` atomically: this run's rows, plus earlier rows of scans not in this run."""
-    from ..heatmap_figure import write_atomically
+    """Write `index.csv` atomically: these rows, plus earlier rows of scans not among them."""
+    from ..archive import IndexFile
 
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / INDEX
-    this_run = {r["path"] for r in rows}
-    earlier = [r for r in _read_index(path) if r.get("path") not in this_run]
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=INDEX_FIELDS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(sorted(earlier + rows, key=lambda r: r["path"]))
-    write_atomically(path, lambda fh: fh.write(text.getvalue().encode()))
-    return path
+    index = IndexFile(Path(out) / INDEX, INDEX_FIELDS)
+    index.append(rows)
+    index.close()
+    index.compact()
+    return index.path
 
 
-def _read_index(path: Path) -> list[dict[str, str]]:
-    """Rows of an existing index (none if absent or unreadable)."""
-    try:
-        with path.open(newline="") as fh:
-            return [r for r in csv.DictReader(fh) if r.get("path")]
-    except (OSError, csv.Error, UnicodeDecodeError):
-        return []
-
-
-def _report(jobs: list[Job], out: Path) -> int:
-    """One summary line, the failures listed again; exit 1 if any scan failed."""
-    counts = Counter(j.row.get("status") for j in jobs)
-    print(f"{counts['ok']} explained, {counts['skipped']} skipped, {counts['error']} failed; "
-          f"figures and {INDEX} in {out}/", file=sys.stderr)
-    failed = [j for j in jobs if j.row.get("status") == "error"]
-    for job in failed:
-        print(f"  failed: {job.path}: {job.row['error']}", file=sys.stderr)
+def _report(jobs: list[Job], earlier: list[dict[str, str]], index_path: Path) -> int:
+    """One summary line, the failures listed again; exit 1 if any scan failed (in this run or, when
+    resuming, in the run it finishes)."""
+    before = {id(r) for r in earlier}
+    counts = Counter(j.row.get("status") for j in jobs if j.row.get("status") and id(j.row) not in before)
+    old = Counter(r.get("status") for r in earlier)
+    done = f"; {len(earlier)} done earlier ({old['error']} of them failed)" if earlier else ""
+    print(f"{counts['ok']} explained, {counts['skipped']} skipped, {counts['error']} failed{done}; "
+          f"outputs and {index_path.name} in {index_path.parent}/", file=sys.stderr)
+    failed = [(j.path, j.row["error"]) for j in jobs if j.row.get("status") == "error"]
+    failed += [(r["path"], r.get("error", "")) for r in earlier if r.get("status") == "error"]
+    for path, error in failed[:50]:
+        print(f"  failed: {path}: {error}", file=sys.stderr)
+    if len(failed) > 50:
+        print(f"  ... and {len(failed) - 50} more (status 'error' in {index_path})", file=sys.stderr)
     return 1 if failed else 0
