@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,12 +102,13 @@ def main(args: argparse.Namespace) -> int:
         todo = [j for j in jobs if not _skip_existing(j, out, formats, methods, args)]
         index.append([j.row for j in jobs if j.row.get("status") == "skipped"])
         earlier = []
+    start = time.perf_counter()
     try:
         _run(todo, bundle, methods, formats, target, args, index)
     finally:                      # also after Ctrl-C: one row per scan, sorted
         index.close()
         index.compact()
-    return _report(jobs, earlier, index.path)
+    return _report(jobs, earlier, index.path, time.perf_counter() - start)
 
 
 # --- checking what the user asked for -----------------------------------------------------------
@@ -424,13 +426,16 @@ def write_index(out: Path, rows: list[dict[str, Any]]) -> Path:
     return index.path
 
 
-def _report(jobs: list[Job], earlier: list[dict[str, str]], index_path: Path) -> int:
+def _report(jobs: list[Job], earlier: list[dict[str, str]], index_path: Path, seconds: float) -> int:
     """One summary line, the failures listed again; exit 1 if any scan failed (in this run or, when
     resuming, in the run it finishes)."""
     before = {id(r) for r in earlier}
     counts = Counter(j.row.get("status") for j in jobs if j.row.get("status") and id(j.row) not in before)
     old = Counter(r.get("status") for r in earlier)
     done = f"; {len(earlier)} done earlier ({old['error']} of them failed)" if earlier else ""
+    n = sum(counts.values()) - counts["skipped"]
+    if n:
+        print(f"{n} scans in {seconds:.1f} s ({n / max(seconds, 1e-9):.2f} scans/s)", file=sys.stderr)
     print(f"{counts['ok']} explained, {counts['skipped']} skipped, {counts['error']} failed{done}; "
           f"outputs and {index_path.name} in {index_path.parent}/", file=sys.stderr)
     failed = [(j.path, j.row["error"]) for j in jobs if j.row.get("status") == "error"]
