@@ -213,3 +213,35 @@ def test_cascade_shares_one_temperature():
     assert t > 1 and at(t) < at(1.0)
     assert at(t) <= min(at(t * 1.05), at(t / 1.05))
     np.testing.assert_allclose(probabilities_at(fake, logits, t).sum(1), 1.0)
+
+
+def test_calibrate_with_hflip_tta(setup, tmp_path, capsys):
+    """--tta hflip is stored with the refitted temperature; every prediction then averages the logits of
+    the scan and its mirror, and the temperature fit saw those same averaged logits."""
+    import shutil
+
+    from xai_bt.bundle import load_model
+
+    src, root = setup
+    path = tmp_path / "tta"
+    shutil.copytree(src, path)
+    plain = load_model(path)
+    x = plain.prepare(sorted(str(p) for p in (root / "Testing").rglob("*.jpg"))[:6])
+    z, zf = plain.network_logits("model", x), plain.network_logits("model", x[:, :, ::-1].copy())
+    assert not np.allclose(z, zf), "a random CNN is not mirror-symmetric; the test needs that"
+
+    assert cli.main(["calibrate", str(path), "--data", str(root), "--tta", "hflip", "--overwrite"]) == 0
+    assert "test-time augmentation: hflip" in capsys.readouterr().out
+    bundle = load_model(path)
+    config = json.loads((path / "bundle.json").read_text())
+    assert bundle.tta == "hflip" and config["calibration"]["tta"] == "hflip"
+    np.testing.assert_allclose(bundle.network_logits("model", x), (z + zf) / 2, rtol=1e-5, atol=1e-5)
+    t = bundle.temperature
+    e = np.exp((z + zf) / 2 / t - ((z + zf) / 2 / t).max(1, keepdims=True))
+    np.testing.assert_allclose(bundle.predict_prepared(x).probabilities, e / e.sum(1, keepdims=True), atol=1e-6)
+    assert "Test-time augmentation**: hflip" in (path / "MODEL_CARD.md").read_text()
+
+    config["tta"] = "rot90"
+    (path / "bundle.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="unknown test-time augmentation 'rot90'"):
+        load_model(path).predict_prepared(x)

@@ -27,6 +27,7 @@ BUNDLE_FILE = "bundle.json"
 FORMAT = "xai_bt-bundle"
 FORMAT_VERSION = 1
 KINDS = ("single", "two_stage", "cascade")
+TTA_MODES = ("none", "hflip")
 _NETWORK_FILES = {"single": ("model",), "two_stage": ("view", "model"), "cascade": ("stage1", "stage2")}
 
 ImageLike = Union[str, os.PathLike, np.ndarray]
@@ -93,6 +94,15 @@ class Bundle:
     @property
     def temperature(self) -> float:
         return float(self.config.get("temperature", 1.0))
+
+    @property
+    def tta(self) -> str:
+        """Test-time augmentation applied to every prediction: "none" or "hflip" (logits averaged over
+        the scan and its left-right mirror). Heatmaps explain the un-flipped pass."""
+        tta = self.config.get("tta", "none")
+        if tta not in TTA_MODES:
+            raise BundleError(f"{self.path}: unknown test-time augmentation {tta!r} (known: {', '.join(TTA_MODES)})")
+        return tta
 
     @property
     def model(self):
@@ -173,7 +183,22 @@ class Bundle:
         return self.predict_prepared(self.prepare(images), batch_size=batch_size, calibrated=calibrated)
 
     def _logits(self, network: str, x, batch_size: int) -> np.ndarray:
-        return np.asarray(self.logits_model(network).predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
+        return self.network_logits(network, x, batch_size)
+
+    def network_logits(self, network: str, x, batch_size: int = 64) -> np.ndarray:
+        """Raw logits of one network (inputs: a batch, or [batch, view vectors]), with the bundle's
+        test-time augmentation; every prediction and the temperature fit go through here."""
+        net = self.logits_model(network)
+
+        def run(inputs) -> np.ndarray:
+            return np.asarray(net.predict(inputs, batch_size=batch_size, verbose=0), dtype=np.float64)
+
+        out = run(x)
+        if self.tta == "hflip":
+            images, rest = (x[0], list(x[1:])) if isinstance(x, (list, tuple)) else (x, [])
+            flipped = np.ascontiguousarray(np.asarray(images)[:, :, ::-1])
+            out = (out + run([flipped, *rest] if rest else flipped)) / 2
+        return out
 
 
 def combine_cascade(p_stage1: np.ndarray, p_stage2: np.ndarray, stage1_classes: Sequence[str],

@@ -23,7 +23,10 @@ def render_model_card(config: dict[str, Any]) -> str:
     lines += [f"- **Preprocessing** (applied by every xai_bt path): `{json.dumps(config['preprocessing'])}`; "
               "input is grayscale in [0, 255], backbone scaling is inside the network",
               f"- **Last conv layer** (default CAM layer): `{config['last_conv_layer']}`",
-              f"- **Temperature** (calibration): {config.get('temperature', 1.0):.4g}"]
+              f"- **Temperature** (calibration): {config.get('temperature', 1.0):.4g}",
+              f"- **Test-time augmentation**: {config.get('tta', 'none')}"
+              + (" (logits averaged over the scan and its left-right mirror; heatmaps explain the "
+                 "un-flipped pass)" if config.get("tta") == "hflip" else "")]
     if tr:
         hw = tr.get("hardware", {})
         lines += ["", "## Training", "",

@@ -36,8 +36,7 @@ class CalibrationExists(FileExistsError):
 def raw_logits(bundle, x: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
     """The logits temperature scaling divides, per network: {"model"} or, for a cascade, {"stage1", "stage2"}."""
     def run(network: str, inputs) -> np.ndarray:
-        net = bundle.logits_model(network)
-        return np.asarray(net.predict(inputs, batch_size=batch_size, verbose=0), dtype=np.float64)
+        return bundle.network_logits(network, inputs, batch_size)
 
     if bundle.kind == "single":
         return {"model": run("model", x)}
@@ -114,8 +113,11 @@ def _summary(report: dict[str, Any]) -> dict[str, float]:
 
 # --------------------------------------------------------------------------------------------- main
 def calibrate_bundle(model, data: str | os.PathLike, overwrite: bool = False, batch_size: int = 64,
-                     n_bins: int = 15) -> dict[str, Any]:
+                     n_bins: int = 15, tta: str | None = None) -> dict[str, Any]:
     """Fit T on the bundle's validation rows, store ``temperature`` and ``calibration`` in bundle.json.
+
+    ``tta`` ("none" or "hflip") sets the bundle's test-time augmentation first, so T is fitted on the
+    logits the bundle will actually produce (the two are stored together).
 
     Refuses (:class:`CalibrationExists`) when the bundle already has a fitted temperature (a
     ``calibration`` record, or a temperature other than 1) unless ``overwrite``. Returns the record:
@@ -135,6 +137,9 @@ def calibrate_bundle(model, data: str | os.PathLike, overwrite: bool = False, ba
     if (old is not None or bundle.temperature != 1.0) and not overwrite:
         raise CalibrationExists(f"{bundle.path}: already calibrated (temperature {bundle.temperature:.4g}); "
                                 "pass overwrite=True (--overwrite) to refit it")
+    if tta is not None:
+        bundle.config["tta"] = tta
+        bundle.tta  # validates the mode
     samples, missing = validation_samples(bundle, data)
     y = labels_for(bundle, samples)
     labelled = [i for i in range(len(samples)) if y[i] >= 0]
@@ -156,6 +161,7 @@ def calibrate_bundle(model, data: str | os.PathLike, overwrite: bool = False, ba
         "method": "temperature scaling (Guo et al. 2017): T minimising the validation NLL"
                   + ("; one T shared by both cascade stages" if bundle.kind == "cascade" else ""),
         "fitted_on": "rows with split 'val' in split.csv",
+        "tta": bundle.tta,
         "data": str(data),
         "n_val": int(len(y)),
         "n_missing": len(missing),

@@ -18,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="refit and replace an existing temperature")
     p.add_argument("--bins", type=int, default=15, help="confidence bins for ECE/MCE (default 15)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--tta", choices=("none", "hflip"),
+                   help="set the test-time augmentation (hflip: average with the mirrored scan) before "
+                        "fitting; stored in the bundle and used by every prediction (default: keep)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -26,10 +29,10 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         record = calibrate_bundle(args.model, args.data, overwrite=args.overwrite, batch_size=args.batch_size,
-                                  n_bins=args.bins)
+                                  n_bins=args.bins, tta=args.tta)
     except (BundleError, FileExistsError, ValueError, FileNotFoundError) as e:
         return fail(str(e))
-    print(f"{args.model}: {record['method']}")
+    print(f"{args.model}: {record['method']}; test-time augmentation: {record['tta']}")
     print(format_record(record))
     print(f"stored in {args.model}/bundle.json")
     return 0
