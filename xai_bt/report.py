@@ -53,6 +53,7 @@ def page(title: str, body: str) -> str:
     """A complete HTML document with the shared stylesheet inline."""
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            '<link rel="icon" href="data:,">\n'
             f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
 
 
@@ -178,7 +179,7 @@ def render_report(cases: Sequence[dict[str, Any]], summary: dict[str, Any], titl
         failures = (f'<section class="box" id="failures">\n<h2 class="failed">Files that could not be reviewed '
                     f"({len(failed)})</h2>\n<table>\n<tr><th>file</th><th>problem</th></tr>\n{rows}\n</table>\n"
                     "</section>")
-    sections = "\n".join(case_html(c, i) for i, c in enumerate(cases) if c["status"] == "ok")
+    sections = "\n".join(case_html(c, i) for i, c in enumerate(c for c in cases if c["status"] == "ok"))
     return page(title, "\n".join(p for p in (head, notes_html(), model_html(summary), failures, sections) if p))
 
 
