@@ -1,5 +1,6 @@
 """Training, saving, loading and predicting end to end on a handful of real scans."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,19 @@ def test_predict_cli_goes_on_past_bad_files(single, tmp_path, capsys):
     res = json.loads(out.read_text())
     assert len(res["results"]) == 2 and res["failures"][0]["path"].endswith("bad.jpg")
     assert cli.main(["predict", str(SAMPLES / "glioma.jpg"), "--model", str(tmp_path)]) == 2
+
+
+def test_split_table_reads_a_bundles_split_csv(tmp_path):
+    """`train --split models/X/split.csv` reuses another model's split: its paths are relative to the data root."""
+    from xai_bt.train import read_split_table
+
+    root = tmp_path / "data"
+    (root / "Training" / "glioma").mkdir(parents=True)
+    csv_path = tmp_path / "split.csv"
+    csv_path.write_text("path,label,plane,split\nTraining/glioma/a.jpg,glioma,,val\nTesting/glioma/b.jpg,glioma,,test\n")
+    table = read_split_table(str(csv_path), str(root))
+    assert table == {os.path.normpath(root / "Training/glioma/a.jpg"): "val",
+                     os.path.normpath(root / "Testing/glioma/b.jpg"): "test"}
+    (tmp_path / "bad.csv").write_text("file,part\nx,train\n")
+    with pytest.raises(ValueError, match="needs 'path' and 'split' columns"):
+        read_split_table(str(tmp_path / "bad.csv"), str(root))

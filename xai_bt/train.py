@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import shutil
 import time
@@ -79,11 +80,11 @@ def assign_splits(samples: Sequence[Sample], cfg: TrainConfig) -> list[str]:
     from . import splits
 
     if cfg.split_csv:
-        table = {r["path"]: r["split"] for r in splits.read_split_csv(cfg.split_csv)}
-        missing = [s.path for s in samples if s.path not in table]
+        table = read_split_table(cfg.split_csv, cfg.data)
+        missing = [s.path for s in samples if os.path.normpath(s.path) not in table]
         if missing:
             raise ValueError(f"{cfg.split_csv}: {len(missing)} samples have no split, e.g. {missing[0]}")
-        return [table[s.path] for s in samples]
+        return [table[os.path.normpath(s.path)] for s in samples]
     if any(s.split == "test" for s in samples) and any(s.split == "train" for s in samples):
         # the dataset's own split: test as published, validation carved out of train
         train_idx = [i for i, s in enumerate(samples) if s.split == "train"]
@@ -95,6 +96,20 @@ def assign_splits(samples: Sequence[Sample], cfg: TrainConfig) -> list[str]:
         return out
     return splits.make_split(samples, fractions=(1 - 2 * cfg.val_fraction, cfg.val_fraction, cfg.val_fraction),
                              threshold=cfg.dedup_threshold, seed=cfg.seed)
+
+
+def read_split_table(path: str, root: str) -> dict[str, str]:
+    """normalised sample path -> split, from `data audit --write-split` output or a bundle's split.csv
+    (whose paths are relative to the data root), so a new model can reuse another model's exact split."""
+    import csv
+
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not {"path", "split"} <= set(reader.fieldnames or ()):
+            raise ValueError(f"{path}: not a split CSV, it needs 'path' and 'split' columns")
+        rows = list(reader)
+    return {os.path.normpath(r["path"] if os.path.isabs(r["path"]) or os.path.exists(r["path"])
+                             else os.path.join(root, r["path"])): r["split"] for r in rows}
 
 
 def labels_of(samples: Sequence[Sample], task: str, class_names: Sequence[str]) -> np.ndarray:
