@@ -163,3 +163,40 @@ def test_mask_sources_folder_csv_and_boxes(tmp_path):
     sources = mask_sources(samples, str(data), masks=str(tmp_path / "masks.csv"))
     assert [s and s.kind for s in sources] == [None, None, "file"]
     assert sources[2].path == str(tmp_path / "masks" / "a.png")
+
+
+def _scores(path):
+    with open(path, newline="") as fh:
+        return {(r["path"], r["method"]): r for r in csv.DictReader(fh)}
+
+
+def test_streamed_audit_in_shards_matches_the_in_memory_audit(bundle_path, brisc, tmp_path, capsys):
+    common = [str(bundle_path), "--data", str(brisc), "--train-data", str(bundle_path.parent / "train_data"),
+              "--methods", "gradcam,saliency", "--faithfulness", "2", "--gallery", "1", "--batch-size", "2"]
+    assert cli.main(["audit", *common, "--out", str(tmp_path / "memory")]) == 0
+    out = tmp_path / "streamed"
+    for k in (1, 2):
+        assert cli.main(["audit", *common, "--out", str(out), "--shard", f"{k}/2"]) == 0
+        assert not (out / "summary.json").exists()
+    with open(out / "scores-2-of-2.csv", "ab") as fh:           # a row cut short by a kill
+        fh.write(b"images/x.jpg,glio")
+    capsys.readouterr()
+    assert cli.main(["audit", *common, "--out", str(out), "--resume"]) == 0
+    assert "already done" in capsys.readouterr().err
+    mem, streamed = _scores(tmp_path / "memory" / "scores.csv"), _scores(out / "scores.csv")
+    assert set(mem) == set(streamed) and len(mem) == 2 * (3 * PER_CLASS - 1)
+    for key, row in mem.items():
+        for name, value in row.items():
+            if name in ("energy_pointing_game", "pointing_game", "deletion_auc", "road_morf", "prediction",
+                        "target", "mask_fraction", "correct", "mask_source"):
+                assert streamed[key][name] == value, (key, name)
+    a = json.loads((tmp_path / "memory" / "summary.json").read_text())
+    b = json.loads((out / "summary.json").read_text())
+    assert b["n_images"] == a["n_images"] and b["accuracy"] == a["accuracy"] and b["streamed"]
+    for method in ("gradcam", "saliency"):
+        for name, entry in a["scores"][method]["all"].items():
+            if entry["mean"] is not None:
+                assert abs(b["scores"][method]["all"][name]["mean"] - entry["mean"]) < 1e-3
+        assert b["faithfulness"][method]["summary"]["deletion_auc"]["n"] == 2
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]

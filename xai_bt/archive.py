@@ -111,7 +111,7 @@ def one_line(e: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def stream(items: Sequence[str], load: Callable[[str], Sequence[np.ndarray]],
+def stream(items: Sequence[Any], load: Callable[[Any], Sequence[np.ndarray]],
            specs: Sequence[tuple[tuple[int, ...], Any]], batch_size: int,
            parallel: int | None = None, prefetch: int = 2) -> Iterator[Batch]:
     """Yield `Batch`es of `load(item)` results, decoded in parallel by `tf.data` and kept in order.
@@ -238,13 +238,18 @@ def _umask() -> int:
 
 # --------------------------------------------------------------------------------------- the index
 class IndexFile:
-    """A CSV of result rows keyed by 'path': appended per batch (flush + fsync), read back tolerantly."""
+    """A CSV of result rows keyed by 'path' (or several fields, e.g. ('path', 'method')): appended per
+    batch (flush + fsync), read back tolerantly."""
 
-    def __init__(self, path: str | os.PathLike, fields: Sequence[str], key: str = "path"):
+    def __init__(self, path: str | os.PathLike, fields: Sequence[str], key: str | tuple[str, ...] = "path"):
         self.path = Path(path)
         self.fields = tuple(fields)
         self.key = key
         self._fh = None
+
+    def key_of(self, row: dict[str, Any]) -> Any:
+        """The row's key: one field's value, or a tuple of values."""
+        return row.get(self.key) if isinstance(self.key, str) else tuple(row.get(k) for k in self.key)
 
     def read(self, repair: bool = False) -> list[dict[str, str]]:
         """All complete rows in file order (none if absent). A last line without its newline (a write cut
@@ -265,11 +270,12 @@ class IndexFile:
             rows = list(csv.DictReader(io.StringIO(text, newline="")))
         except csv.Error:
             return []
-        return [r for r in rows if r.get(self.key) and None not in r]
+        keys = (self.key,) if isinstance(self.key, str) else self.key
+        return [r for r in rows if all(r.get(k) for k in keys) and None not in r]
 
-    def latest(self, repair: bool = False) -> dict[str, dict[str, str]]:
+    def latest(self, repair: bool = False) -> dict[Any, dict[str, str]]:
         """key -> its last row (a later row for the same scan replaces an earlier one)."""
-        return {r[self.key]: r for r in self.read(repair)}
+        return {self.key_of(r): r for r in self.read(repair)}
 
     def rewrite(self, rows: Iterable[dict[str, Any]]) -> Path:
         """Replace the file atomically with `rows` (header first)."""
@@ -292,7 +298,7 @@ class IndexFile:
     def compact(self, extra: Iterable[dict[str, Any]] = ()) -> list[dict[str, str]]:
         """Rewrite with one row per key (the last; `extra` rows, e.g. merged shards, count as earlier),
         sorted by key; returns the rows."""
-        rows = {r[self.key]: r for r in extra}
+        rows = {self.key_of(r): r for r in extra}
         rows.update(self.latest())
         ordered = [rows[k] for k in sorted(rows)]
         self.rewrite(ordered)

@@ -334,6 +334,38 @@ def sanity_check(bundle, x: np.ndarray, targets: np.ndarray, methods: Sequence[s
 
 
 # ---------------------------------------------------------------------------------------------- the run
+def select_candidates(bundle, data: str, names: Sequence[str], *, masks: str | None = None,
+                      boxes: str | None = None, unseen_only: bool = True, train_data: str | None = None,
+                      limit: int | None = None, threshold: float = 0.99, seed: int = 0, progress: bool = True,
+                      log: Callable[[str], None] = print):
+    """The scans to audit: (samples, mask sources, candidate positions, similarities (n, 2) to the train /
+    val rows, the selection counts, the text defining "unseen"). Raises ValueError when none is left."""
+    from .datasets import load_dataset
+
+    samples = load_dataset(data)
+    sources = mask_sources(samples, data, masks, boxes)
+    candidates = [i for i, src in enumerate(sources) if src is not None and samples[i].label in names]
+    selection = {"scans": len(samples), "with_mask": len(candidates), "unseen_only": unseen_only,
+                 "dedup_threshold": threshold}
+    sims = np.full((len(candidates), 2), np.nan)
+    unseen_text = "all scans with a mask (no check against the training data)"
+    if unseen_only and candidates:
+        sel = select_unseen(bundle, [samples[i] for i in candidates], train_data, threshold, progress)
+        selection.update(_selection_counts(sel, threshold))
+        unseen_text = unseen_definition(sel, threshold)
+        sims = np.column_stack([sel.sim_train, sel.sim_val])[sel.unseen]
+        candidates = [i for i, u in zip(candidates, sel.unseen) if u]
+    if limit is not None and len(candidates) > limit:
+        pick = np.sort(np.random.default_rng(seed).choice(len(candidates), limit, replace=False))
+        candidates, sims = [candidates[i] for i in pick], sims[pick]
+    log(f"{len(candidates)} scans to audit ({selection['with_mask']} with a mask"
+        + (f", {selection['unseen']} of them unseen in training" if "unseen" in selection else "") + ")")
+    if not candidates:
+        raise ValueError(f"{data}: no scans left to audit (with a mask, of the classes {list(names)}"
+                         + (", unseen in training" if unseen_only else "") + ")")
+    return samples, sources, candidates, sims, selection, unseen_text
+
+
 @dataclass
 class AuditResult:
     """Everything an audit measured: per-image rows, the summary, and the data for the gallery."""
@@ -370,28 +402,10 @@ def run_audit(model, data: str, *, methods: Sequence[str] = DEFAULT_METHODS, mas
     tolerance_px = round(0.03 * size, 1) if tolerance_px is None else float(tolerance_px)
 
 
-    samples = load_dataset(data)
-    sources = mask_sources(samples, data, masks, boxes)
-    candidates = [i for i, src in enumerate(sources) if src is not None and samples[i].label in names]
-    selection = {"scans": len(samples), "with_mask": len(candidates), "unseen_only": unseen_only,
-                 "dedup_threshold": threshold}
-    sims = np.full((len(candidates), 2), np.nan)
-    unseen_text = "all scans with a mask (no check against the training data)"
-    if unseen_only and candidates:
-        sel = select_unseen(bundle, [samples[i] for i in candidates], train_data, threshold, progress)
-        selection.update(_selection_counts(sel, threshold))
-        unseen_text = unseen_definition(sel, threshold)
-        sims = np.column_stack([sel.sim_train, sel.sim_val])[sel.unseen]
-        candidates = [i for i, u in zip(candidates, sel.unseen) if u]
-    if limit is not None and len(candidates) > limit:
-        pick = np.sort(np.random.default_rng(seed).choice(len(candidates), limit, replace=False))
-        candidates, sims = [candidates[i] for i in pick], sims[pick]
+    samples, sources, candidates, sims, selection, unseen_text = select_candidates(
+        bundle, data, names, masks=masks, boxes=boxes, unseen_only=unseen_only, train_data=train_data,
+        limit=limit, threshold=threshold, seed=seed, progress=progress, log=log)
     timings["load_and_select_s"] = time.perf_counter() - t0
-    log(f"{len(candidates)} scans to audit ({selection['with_mask']} with a mask"
-        + (f", {selection['unseen']} of them unseen in training" if "unseen" in selection else "") + ")")
-    if not candidates:
-        raise ValueError(f"{data}: no scans left to audit (with a mask, of the classes {list(names)}"
-                         + (", unseen in training" if unseen_only else "") + ")")
 
     t = time.perf_counter()
     aset = prepare_set(bundle, [samples[i] for i in candidates], [sources[i] for i in candidates],
@@ -433,29 +447,49 @@ def run_audit(model, data: str, *, methods: Sequence[str] = DEFAULT_METHODS, mas
     gallery = _gallery(bundle, aset, targets, scores, layer, gallery_size, batch_size, names, probs)
     timings["gallery_s"] = time.perf_counter() - t
     correct = probs.argmax(axis=1) == true
-    groups = {"by_class": [s.label for s in aset.samples],
-              "by_plane": [s.plane or "unknown" for s in aset.samples],
-              "by_prediction": ["correct" if c else "wrong" for c in correct]}
-    summary = {
-        "model": str(bundle.path), "model_name": bundle.name, "temperature": bundle.temperature,
-        "data": str(data), "classes": list(names),
-        "input_size": size, "cam_layer": layer, "target": target, "methods": list(methods),
-        "n_images": len(aset.samples), "selection": selection, "unseen_definition": unseen_text,
-        "accuracy": float(correct.mean()),
-        "mask_sources": {k: aset.sources.count(k) for k in sorted(set(aset.sources))},
-        "settings": {"tolerance_px": tolerance_px, "top_k": top_k, "bootstrap_resamples": 1000, "ci": 0.95,
-                     "faithfulness_images": int(len(subset)), "road_percentages": list(ROAD_PERCENTAGES),
-                     "sanity_images": int(sanity), "limit": limit, "seed": seed},
-        "chance": summarise_scores({"mask_fraction": aset.masks.reshape(len(aset.masks), -1).mean(axis=1)}, groups),
-        "scores": {m: summarise_scores(scores[m], groups) for m in methods},
-        "faithfulness": {m: {"summary": summarise_scores(faith[m], {})["all"], "curves": curves[m]} for m in faith},
-        "sanity": sanity_result,
-    }
+    summary = build_summary(
+        bundle, data, names, methods=methods, layer=layer, target=target, selection=selection,
+        unseen_text=unseen_text, labels=[s.label for s in aset.samples],
+        planes=[s.plane or "unknown" for s in aset.samples], correct=correct,
+        mask_fraction=aset.masks.reshape(len(aset.masks), -1).mean(axis=1), mask_sources=aset.sources,
+        scores=scores, faith=faith, curves=curves, sanity_result=sanity_result,
+        settings={"tolerance_px": tolerance_px, "top_k": top_k, "faithfulness_images": int(len(subset)),
+                  "sanity_images": int(sanity), "limit": limit, "seed": seed})
     timings["total_s"] = time.perf_counter() - t0
     summary["timings"] = {k: round(v, 1) for k, v in timings.items()}
     summary["wall_time_s"] = summary["timings"]["total_s"]
     rows = _rows(aset, sims, names, true, targets, probs, scores, faith, subset, data)
     return AuditResult(rows, summary, gallery)
+
+
+def build_summary(bundle, data: str, names: Sequence[str], *, methods: Sequence[str], layer: str | None,
+                  target: str, selection: dict[str, Any], unseen_text: str, labels: Sequence[str],
+                  planes: Sequence[str], correct: np.ndarray, mask_fraction: np.ndarray,
+                  mask_sources: Sequence[str], scores: dict[str, dict[str, np.ndarray]],
+                  faith: dict[str, dict[str, np.ndarray]], curves: dict[str, Any], sanity_result: Any,
+                  settings: dict[str, Any]) -> dict[str, Any]:
+    """summary.json (less timings) from per-image arrays in audit order; shared by the in-memory and the
+    streaming audit so both write the same thing."""
+    correct = np.asarray(correct, bool)
+    groups = {"by_class": list(labels), "by_plane": list(planes),
+              "by_prediction": ["correct" if c else "wrong" for c in correct]}
+    return {
+        "model": str(bundle.path), "model_name": bundle.name, "temperature": bundle.temperature,
+        "data": str(data), "classes": list(names),
+        "input_size": bundle.preprocessing.image_size, "cam_layer": layer, "target": target,
+        "methods": list(methods), "n_images": len(labels), "selection": selection,
+        "unseen_definition": unseen_text, "accuracy": float(correct.mean()),
+        "mask_sources": {k: list(mask_sources).count(k) for k in sorted(set(mask_sources))},
+        "settings": {"tolerance_px": settings["tolerance_px"], "top_k": settings["top_k"],
+                     "bootstrap_resamples": 1000, "ci": 0.95,
+                     "faithfulness_images": settings["faithfulness_images"],
+                     "road_percentages": list(ROAD_PERCENTAGES), "sanity_images": settings["sanity_images"],
+                     "limit": settings["limit"], "seed": settings["seed"]},
+        "chance": summarise_scores({"mask_fraction": np.asarray(mask_fraction, float)}, groups),
+        "scores": {m: summarise_scores(scores[m], groups) for m in methods},
+        "faithfulness": {m: {"summary": summarise_scores(faith[m], {})["all"], "curves": curves[m]} for m in faith},
+        "sanity": sanity_result,
+    }
 
 
 def _selection_counts(sel: Selection, threshold: float) -> dict[str, Any]:

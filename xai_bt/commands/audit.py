@@ -2,6 +2,10 @@
 
 Writes scores.csv (one row per scan and method), summary.json (means with bootstrap 95% CIs, overall,
 per class and per plane; the wall time) and report.html (self-contained) into --out.
+`--stream` (implied by --resume and --shard) streams the scans through tf.data for large sets: score rows
+are appended to scores.csv per batch, the summary is computed from the CSV at the end
+(:mod:`xai_bt.audit_stream`); `--shard K/N` audits every N-th scan into scores-K-of-N.csv, and a final
+`--resume` run without --shard merges the shards and writes the summary.
 """
 from __future__ import annotations
 
@@ -47,6 +51,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random subsets")
     p.add_argument("--out", required=True, help="output folder, e.g. audits/NAME")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier audit in --out")
+    p.add_argument("--stream", action="store_true",
+                   help="stream scans in batches, appending score rows per batch (flat memory for large sets)")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted streamed audit (implies --stream)")
+    p.add_argument("--shard", metavar="K/N", help="audit only shard K of N of the scans (implies --stream)")
+    p.add_argument("--workers", type=int, help="scans decoded in parallel when streaming (default: AUTOTUNE)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -61,6 +70,8 @@ def main(args: argparse.Namespace) -> int:
             value = getattr(args, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if args.stream or args.resume or args.shard:
+            return _streamed(args, methods, start)
         check_out(args.out, args.overwrite)
         result = run_audit(args.model, args.data, methods=methods, masks=args.masks, boxes=args.boxes,
                            unseen_only=args.unseen_only, train_data=args.train_data, limit=args.limit,
@@ -78,6 +89,30 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _streamed(args: argparse.Namespace, methods: list[str], start: float) -> int:
+    """The streaming audit (xai_bt.audit_stream); errors propagate to main's one-line handler."""
+    from ..archive import parse_shard
+    from ..audit_stream import run_streaming
+    from .explain import UsageError
+
+    if args.resume and args.overwrite:
+        raise UsageError("--resume keeps finished scans and --overwrite redoes them: choose one")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    summary = run_streaming(
+        args.model, args.data, args.out, methods=methods, masks=args.masks, boxes=args.boxes,
+        unseen_only=args.unseen_only, train_data=args.train_data, limit=args.limit, layer=args.layer,
+        target=args.target, tolerance_px=args.tolerance, threshold=args.threshold, faithfulness=args.faithfulness,
+        sanity=args.sanity, batch_size=args.batch_size, gallery_size=args.gallery, seed=args.seed,
+        resume=args.resume, overwrite=args.overwrite, shard=parse_shard(args.shard), workers=args.workers,
+        command=command_line(args), log=lambda m: print(m, file=sys.stderr))
+    if summary is not None:
+        _print_summary(summary)
+        print(f"wrote scores.csv, skipped.csv, summary.json, report.html in {args.out} "
+              f"in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
 def command_line(args: argparse.Namespace) -> str:
     """The audit as one shell command, every option spelled out (recorded in summary.json)."""
     words = ["python", "-m", "xai_bt", "audit", args.model, "--data", args.data]
@@ -87,6 +122,8 @@ def command_line(args: argparse.Namespace) -> str:
         if value not in (None, 0):
             words += [f"--{name.replace('_', '-')}", str(value)]
     words.append("--unseen-only" if args.unseen_only else "--all")
+    if getattr(args, "stream", False) or getattr(args, "resume", False) or getattr(args, "shard", None):
+        words.append("--stream")
     return shlex.join(words + (["--overwrite"] if args.overwrite else []))
 
 
