@@ -80,6 +80,8 @@ def model_html(summary: dict[str, Any]) -> str:
         rows.append(("Training data", "not recorded in the bundle"))
     rows.append(("Calibration", f"temperature T = {summary['temperature']:.4g}"
                  + (" (1 = not calibrated)" if summary["temperature"] == 1 else "")))
+    if summary.get("tta", "none") != "none":
+        rows.append(("Test-time augmentation", f"{summary['tta']} (probabilities average the scan and its mirror)"))
     body = "\n".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
     acc = _metrics_table(summary.get("metrics") or [])
     return (f'<section class="box" id="model">\n<h2>Model</h2>\n<table>\n{body}\n</table>\n{acc}\n'

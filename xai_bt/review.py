@@ -98,6 +98,9 @@ def case_notes(summary: dict[str, Any], bundle) -> list[str]:
                      f"{LOW_CONFIDENCE:.0%}); treat the prediction and its heatmaps with extra caution.")
     if len(probs) > 1 and probs[1][1] >= 0.2:
         notes.append(f"Runner-up: {_words(probs[1][0])} at {probs[1][1]:.0%}.")
+    if getattr(bundle, "tta", "none") == "hflip":
+        notes.append("The probabilities average the scan and its left-right mirror (test-time augmentation); "
+                     "the heatmaps explain the scan as given.")
     pre = bundle.preprocessing
     crop = "cropped to the head and " if getattr(pre, "crop_to_head", False) else ""
     notes.append(f"The panels show the scan as the model saw it: {crop}resized to "
@@ -114,6 +117,7 @@ def model_summary(bundle) -> dict[str, Any]:
         "name": bundle.name, "path": str(bundle.path), "kind": bundle.kind, "task": cfg.get("task", "tumor"),
         "arch": cfg.get("arch"), "classes": list(bundle.class_names), "views": list(bundle.view_names or ()),
         "input_size": bundle.preprocessing.image_size, "temperature": bundle.temperature,
+        "tta": getattr(bundle, "tta", cfg.get("tta", "none")),
         "training_data": Path(str(tc["data"])).name if tc.get("data") else None,
         "n_train": training.get("n_train"), "n_val": training.get("n_val"), "n_test": training.get("n_test"),
         "metrics": [],
