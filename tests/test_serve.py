@@ -110,6 +110,16 @@ def test_upload_a_good_scan(server, predicted):
     assert status == 200 and 'id="prediction-0"' in saved
 
 
+def test_upload_a_dicom_scan(server, predicted):
+    """A 16-bit DICOM without a file suffix, made from the meningioma sample: read by content, same class."""
+    from xai_bt.imageio import read_image
+
+    gray = read_image(SAMPLES / "meningioma.jpg")
+    status, page = upload(server, "IM0001", _dicom(gray.astype("uint16") * 16))
+    assert status == 200, _alert(page)
+    assert re.search(r'id="prediction-0"[^>]*>([^<]+)<', page).group(1) == predicted.replace("_", " ")
+
+
 def test_upload_garbage_is_a_400_with_a_message(server):
     status, page = upload(server, "notes.jpg", b"this is not an image at all\n" * 10)
     assert status == 400
@@ -195,6 +205,28 @@ def test_serve_command_starts_and_answers(tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def _dicom(pixels) -> bytes:
+    """A minimal 16-bit MR DICOM file (explicit VR little endian, preamble + DICM) holding `pixels`."""
+    import io
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = MRImageStorage, meta.MediaStorageSOPInstanceUID, "MR"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = pixels.astype("<u2").tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
 
 
 def _png(width: int, height: int) -> bytes:

@@ -122,8 +122,8 @@ def case_html(case: dict[str, Any], index: int = 0) -> str:
     notes = "".join(f"<li>{esc(n)}</li>" for n in case.get("notes", []))
     return f"""<section class="case" id="case-{index}">
 {title}
-<p class="prediction">Predicted: <strong id="prediction-{index}" class="predicted">{esc(_words(case["prediction"]))}</strong>
-(calibrated probability {case["confidence"]:.1%})</p>
+<p class="prediction">Predicted:
+<strong id="prediction-{index}" class="predicted">{esc(_words(case["prediction"]))}</strong> (calibrated probability {case["confidence"]:.1%})</p>
 {view}
 <div class="row">
 <figure>{img_tag(case["scan_png"], "the uploaded scan", "scan")}<figcaption>The scan as given

@@ -15,7 +15,6 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,7 @@ class App:
     default_model: str | None = None
     _cache: dict[str, Any] = field(default_factory=dict)
     _load_lock: threading.Lock = field(default_factory=threading.Lock)
-    _run_lock: threading.Lock = field(default_factory=threading.Lock)
+    run_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def bundle(self, name: str):
         """The loaded bundle called `name` (a key of `models` or `view_models`), loaded once and cached."""
@@ -188,7 +187,8 @@ def result_page(app: App, case: dict[str, Any] | None, summary: dict[str, Any] |
                      f"{esc(message)}</div>")
     parts.append(form_html(app, chosen))
     if case is not None:
-        link = f'<p>Saved as a self-contained report: <a href="/reports/{esc(saved)}">{esc(saved)}</a></p>' if saved else ""
+        link = (f'<p>Saved as a self-contained report: <a href="/reports/{esc(saved)}">{esc(saved)}</a></p>'
+                if saved else "")
         parts += [f'<div id="result">{case_html(case)}{link}</div>', notes_html(), model_html(summary)]
     else:
         parts.append(notes_html())
@@ -299,13 +299,13 @@ class Handler(BaseHTTPRequestHandler):
             raise RequestError(400, str(e)) from None
         bundle = self.app.bundle(chosen["model"])
         view = self.app.bundle(chosen["view_model"]) if chosen["view_model"] else None
-        with self.app._run_lock:          # one explanation at a time: TensorFlow already uses every core
+        with self.app.run_lock:          # one explanation at a time: TensorFlow already uses every core
             try:
                 case = review_scan(bundle, data, name=name, methods=chosen["methods"], view_bundle=view)
             except ImageError as e:
                 raise RequestError(400, str(e)) from None
         summary = model_summary(bundle)
-        saved = f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(4)}" + (f"-{stem}" if stem else "") + ".html"
+        saved = f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(4)}{f'-{stem}' if stem else ''}.html"
         write_report(self.app.out_dir / saved, render_report([case], summary, title=f"xai_bt review: {name}"))
         return case, summary, saved
 
