@@ -54,6 +54,7 @@ class TrainConfig:
     init_from: str | None = None      # a bundle whose layers (matched by name and shape) initialise this one
     strategy: str = "default"
     time_limit: float | None = None   # minutes; training stops after the epoch that passes it
+    budget: float | None = None       # minutes of fitting; stops mid-epoch (same-budget comparisons)
     preprocessing: dict[str, Any] = field(default_factory=dict)
 
 
@@ -191,11 +192,17 @@ def make_input(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, see
 
 # --- the run -------------------------------------------------------------------------------------------
 
-def _time_limit_callback(deadline: float):
-    """Stop after the epoch that passes `deadline` (a job's wall-clock limit), keeping what was learnt."""
+def _time_limit_callback(deadline: float, mid_epoch: bool = False):
+    """Stop after the epoch that passes `deadline` (a job's wall-clock limit), keeping what was learnt;
+    with `mid_epoch`, at the first batch past it (a fixed training budget), then validate as usual."""
     import keras
 
     class TimeLimit(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if mid_epoch and time.time() > deadline and not self.model.stop_training:
+                print(f"training budget reached at batch {batch + 1}; stopping")
+                self.model.stop_training = True
+
         def on_epoch_end(self, epoch, logs=None):
             if time.time() > deadline:
                 print(f"time limit reached after epoch {epoch + 1}; stopping")
@@ -205,7 +212,7 @@ def _time_limit_callback(deadline: float):
 
 
 def _fit_phase(model, train_in, val_in, cfg: TrainConfig, lr: float, epochs: tuple[int, int], steps: int,
-               ckpt: Path, strategy, deadline: float | None = None):
+               ckpt: Path, strategy, deadline: float | None = None, budget_deadline: float | None = None):
     """Compile and fit one phase (frozen backbone, or fine-tuning) with checkpointing for resume."""
     import keras
 
@@ -232,6 +239,8 @@ def _fit_phase(model, train_in, val_in, cfg: TrainConfig, lr: float, epochs: tup
     ]
     if deadline is not None:
         callbacks.append(_time_limit_callback(deadline))
+    if budget_deadline is not None:
+        callbacks.append(_time_limit_callback(budget_deadline, mid_epoch=True))
     if cfg.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
                                                            patience=max(2, cfg.patience // 2), min_lr=1e-6))
@@ -295,6 +304,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
                          "a two-stage model needs one preprocessing for both stages")
     stages = _stages(cfg, class_names)
     networks, last_conv, histories = {}, None, {}
+    fit_start = None  # the training budget counts fitting time only, not data preparation
     for stage, stage_classes, mapping in stages:
         keep = {k: [i for i in v if mapping(y_all[i]) is not None] for k, v in idx.items()}
         y_stage = np.array([-1 if mapping(v) is None else mapping(v) for v in y_all], np.int32)
@@ -345,7 +355,10 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
                 continue
             print(f"[{stage}] phase {phase}: epochs {epochs[0] + 1}-{epochs[1]}, lr {lr:g}")
             deadline = t0 + 60 * cfg.time_limit if cfg.time_limit else None
-            _fit_phase(fit_model, train_in, val_in, cfg, lr, epochs, steps, stage_ckpt / phase, strategy, deadline)
+            fit_start = fit_start or time.time()
+            budget = fit_start + 60 * cfg.budget if cfg.budget else None
+            _fit_phase(fit_model, train_in, val_in, cfg, lr, epochs, steps, stage_ckpt / phase, strategy, deadline,
+                       budget)
             built.model.save_weights(done)
         for layer in built.model.layers:
             layer.trainable = True

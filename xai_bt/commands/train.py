@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="use at most this many training scans (quick checks)")
     p.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker"],
                    help="tf.distribute strategy")
+    p.add_argument("--budget", type=float,
+                   help="minutes of training (all phases); stops mid-epoch when spent, for same-budget comparisons")
     p.add_argument("--time-limit", type=float, help="minutes: stop after the epoch that passes it (job wall limits)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoints")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
@@ -51,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, fine_tune_lr=args.fine_tune_lr, freeze_epochs=args.freeze_epochs,
         weights=args.weights, schedule=args.schedule, patience=args.patience, dropout=args.dropout,
         augment=not args.no_augment, val_fraction=args.val_fraction, split_csv=args.split_csv, seed=args.seed,
-        limit=args.limit, time_limit=args.time_limit, view_model=args.view_model, init_from=args.init_from, strategy=args.strategy,
+        limit=args.limit, time_limit=args.time_limit, budget=args.budget, view_model=args.view_model, init_from=args.init_from, strategy=args.strategy,
         preprocessing={"image_size": args.image_size, "crop_to_head": args.crop_to_head == "yes",
                        "denoise": args.denoise, "intensity": args.intensity},
     )
