@@ -184,3 +184,8 @@ def print_summary(results: dict[str, Any]) -> None:
         for c, pc in r["per_class"].items():
             print(f"      {c:12s} precision {pc['precision']:.3f}  recall {pc['recall']:.3f}  "
                   f"specificity {pc['specificity']:.3f}  F1 {pc['f1']:.3f}  n={pc['support']}")
+
+
+from ._api_module import make_callable  # noqa: E402
+
+make_callable(__name__, "evaluate_bundle")  # `xai_bt.evaluate(...)`

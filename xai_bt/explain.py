@@ -219,3 +219,8 @@ def _background(bundle, net, background, batch_size: int) -> list[np.ndarray]:
 def _info_at(info: dict[str, Any], i: int) -> dict[str, Any]:
     """One image's details: per-image arrays indexed, settings as they are."""
     return {k: (v[i].item() if isinstance(v, np.ndarray) else v) for k, v in info.items()}
+
+
+from ._api_module import make_callable  # noqa: E402
+
+make_callable(__name__, "explain")  # `xai_bt.explain(...)` works after `import xai_bt.explain` too

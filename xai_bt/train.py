@@ -476,3 +476,8 @@ def hardware() -> dict[str, Any]:
         if gpus:
             info["accelerator"] = f"{len(gpus)} GPU(s)"
     return info
+
+
+from ._api_module import make_callable  # noqa: E402
+
+make_callable(__name__, "train")  # `xai_bt.train(...)`
