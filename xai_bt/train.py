@@ -244,6 +244,8 @@ def _fit_phase(model, train_in, val_in, cfg: TrainConfig, lr: float, epochs: tup
     if cfg.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
                                                            patience=max(2, cfg.patience // 2), min_lr=1e-6))
+    if isinstance(strategy, tf_multiworker_type()):
+        _patch_symbolic_build(model, strategy)
     x, y = train_in
     numpy_input = y is not None  # without TensorFlow: arrays that Keras batches and shuffles itself
     model.fit(x, y, validation_data=val_in, epochs=epochs[1], initial_epoch=epochs[0],
@@ -263,9 +265,10 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
     from .model_card import write_model_card
     from .prepared import failed_indices, prepare_samples
 
-    out = Path(cfg.out)
+    strategy = get_strategy(cfg.strategy)  # once, before TensorFlow runs anything: multi-worker needs that
+    out, chief = _output_folder(cfg, strategy, resume)
     ckpt = out / "checkpoints"
-    if (out / BUNDLE_FILE).exists() and not overwrite:
+    if (out / BUNDLE_FILE).exists() and not overwrite and chief:
         raise FileExistsError(f"{out}: a trained model is already there; use --overwrite to replace it")
     if ckpt.exists() and not resume:
         if not overwrite:
@@ -311,7 +314,6 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
         extra = None
         if view_bundle is not None:
             extra = view_bundle.view_features(x_all.astype(np.float32)[..., None])
-        strategy = get_strategy(cfg.strategy)
         scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
         with scope:
             kw = {"dropout": cfg.dropout} if cfg.dropout is not None else {}
@@ -392,6 +394,87 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
     shutil.rmtree(ckpt)
     print(f"saved {bundle_path} in {train_seconds / 60:.1f} min")
     return bundle_path
+
+
+def tf_multiworker_type() -> tuple[type, ...]:
+    """MultiWorkerMirroredStrategy's class, or () when TensorFlow is not the backend."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return ()
+    import tensorflow as tf
+
+    return (tf.distribute.MultiWorkerMirroredStrategy,)
+
+
+def _patch_symbolic_build(model, strategy) -> None:
+    """Keras 3 (up to 3.15 at least) fails in `fit` under MultiWorkerMirroredStrategy: its symbolic build
+    all-reduces the first distributed batch, which collective ops cannot do for a nested batch
+    (keras-team/keras#20585). The build needs only shapes, so build from this worker's own first replica."""
+    from keras import tree
+
+    import tensorflow as tf
+
+    def build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tree.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues) else v, next(it))
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = build
+    _patch_scalar_reduce()
+
+
+def _patch_scalar_reduce() -> None:
+    """The same Keras bug, second half: each step's logs (scalars) are all-reduced with axis=0, which
+    fails for 0-d tensors under multi-worker collectives. Reduce scalars with axis=None (a plain mean
+    over replicas); everything else goes to Keras' own function. Applied once, only for multi-worker."""
+    from keras import tree
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    import tensorflow as tf
+
+    original = tf_trainer.reduce_per_replica
+    if getattr(original, "_xai_bt_patch", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction not in ("auto", "mean") or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return original(values, strategy, reduction)
+
+        def one(v):
+            if not (tf.is_tensor(v) or isinstance(v, tf.distribute.DistributedValues)):
+                return v
+            rank = strategy.experimental_local_results(v)[0].shape.rank if not tf.is_tensor(v) else v.shape.rank
+            return strategy.reduce("MEAN", v, axis=0 if rank else None)
+
+        return tree.map_structure(one, values)
+
+    reduce_per_replica._xai_bt_patch = True
+    tf_trainer.reduce_per_replica = reduce_per_replica
+
+
+def _output_folder(cfg: TrainConfig, strategy, resume: bool) -> tuple[Path, bool]:
+    """(where this process writes, whether it is the chief). Under MultiWorkerMirroredStrategy every worker
+    runs the same training, but only the chief (task 'chief', else worker 0) writes `cfg.out`; the others
+    write checkpoints and their copy of the bundle to `.NAME.worker-K` beside it (kept for --resume),
+    so workers sharing a file system never write the same file."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type, task_id = (getattr(resolver, "task_type", None), getattr(resolver, "task_id", None))
+    jobs = resolver.cluster_spec().jobs if resolver is not None else []
+    chief = task_type in (None, "chief") or (task_type == "worker" and task_id == 0 and "chief" not in jobs)
+    out = Path(cfg.out)
+    if chief:
+        return out, True
+    private = out.with_name(f".{out.name}.{task_type}-{task_id}")
+    if private.exists() and not resume:
+        shutil.rmtree(private)
+    private.mkdir(parents=True, exist_ok=True)
+    return private, False
 
 
 def init_from_bundle(model, path: str) -> int:
