@@ -387,7 +387,6 @@ def run_audit(model, data: str, *, methods: Sequence[str] = DEFAULT_METHODS, mas
     class. tolerance_px: pointing-game tolerance at model resolution (default 3% of the input side).
     faithfulness / sanity: number of scans for those checks (0 = skip)."""
     from .bundle import Bundle, load_model
-    from .datasets import load_dataset
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
