@@ -1,6 +1,7 @@
 """`train --strategy multiworker`: two worker processes on localhost, wired by TF_CONFIG (slow)."""
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -47,6 +48,8 @@ def test_two_workers_train_and_only_the_chief_writes_the_bundle(tiny_benchmark, 
             (p.communicate()[0] or "")[-2000:] for p in procs))
     for index, (p, log) in enumerate(zip(procs, logs)):
         assert p.returncode == 0, f"worker {index}:\n{log[-3000:]}"
+    losses = [re.findall(r" - loss: ([\d.]+)", log) for log in logs]
+    assert losses[0] and losses[0] == losses[1], losses            # one synchronous model, not two
     config = json.loads((out / "bundle.json").read_text())
     assert config["training"]["replicas"] == 2 and config["training"]["config"]["strategy"] == "multiworker"
     assert not (out / "checkpoints").exists()
