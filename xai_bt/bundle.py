@@ -155,7 +155,7 @@ class Bundle:
             if "view_features" not in names:
                 raise BundleError(f"{self.path}: this {self.kind} bundle has no view features")
             self._view_feature_model = keras.Model(view.inputs, view.get_layer("view_features").output)
-        return np.asarray(self._view_feature_model.predict(x, batch_size=batch_size, verbose=0))
+        return run_network(self._view_feature_model, x, batch_size).astype(np.float32)
 
     def predict_prepared(self, x: np.ndarray, batch_size: int = 64, calibrated: bool = True,
                          view_vectors: np.ndarray | None = None) -> Prediction:
@@ -191,7 +191,7 @@ class Bundle:
         net = self.logits_model(network)
 
         def run(inputs) -> np.ndarray:
-            return np.asarray(net.predict(inputs, batch_size=batch_size, verbose=0), dtype=np.float64)
+            return run_network(net, inputs, batch_size)
 
         out = run(x)
         if self.tta == "hflip":
@@ -213,7 +213,22 @@ def combine_cascade(p_stage1: np.ndarray, p_stage2: np.ndarray, stage1_classes: 
 
 
 def _predict(net, x, batch_size: int) -> np.ndarray:
-    return np.asarray(net.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
+    return run_network(net, x, batch_size)
+
+
+def run_network(net, x, batch_size: int = 64) -> np.ndarray:
+    """Outputs of `net` on a batch (or a list of input batches), chunk by chunk with `predict_on_batch`:
+    the compiled step without `Model.predict`'s per-call data pipeline (about 0.1 s a call on this CPU),
+    which dominates when explaining a few scans at a time."""
+    inputs = list(x) if isinstance(x, (list, tuple)) else [x]
+    n = len(inputs[0])
+    outs = []
+    for start in range(0, n, max(1, batch_size)):
+        chunk = [np.asarray(a[start:start + batch_size]) for a in inputs]
+        outs.append(np.asarray(net.predict_on_batch(chunk if len(chunk) > 1 else chunk[0]), dtype=np.float64))
+    if not outs:
+        return np.zeros((0, *net.outputs[0].shape[1:]), np.float64)
+    return np.concatenate(outs)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
