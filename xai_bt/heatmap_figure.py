@@ -15,8 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -304,12 +303,16 @@ def default_stem(expl: Explanation) -> str:
 
 def save_explanation(expl: Explanation, out_dir: str | os.PathLike, formats: Sequence[str] = ("png", "pdf"),
                      overwrite: bool = False, save_maps: bool = False, top_k: float = 0.1,
-                     mask: np.ndarray | None = None, stem: str | None = None) -> list[Path]:
-    """Write `<stem>.<fmt>` figures, the `<stem>.json` sidecar and, with `save_maps`, `<stem>_<method>.npy`.
+                     mask: np.ndarray | None = None, stem: str | None = None, sync_dir: bool = True) -> list[Path]:
+    """Write `<stem>.<fmt>` figures, the `<stem>.json` sidecar and, with `save_maps`, `<stem>_<method>.npy`,
+    each atomically and fsynced (no formats: the sidecar only). `sync_dir=False` leaves the folder's fsync
+    to a caller writing many scans.
 
     Raises FileExistsError naming the first existing target unless `overwrite`; nothing is written then.
     Returns the paths written, figures first.
     """
+    from .archive import fsync_dir, write_atomic
+
     stem = stem or default_stem(expl)
     targets = output_paths(stem, out_dir, formats, list(expl.maps), save_maps)
     if not overwrite:
@@ -318,13 +321,16 @@ def save_explanation(expl: Explanation, out_dir: str | os.PathLike, formats: Seq
                 raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _save_figures_atomically(plot_explanation(expl, top_k, mask), out, stem, formats)
+    if formats:
+        _save_figures_atomically(plot_explanation(expl, top_k, mask), out, stem, formats)
     summary = json.dumps(explanation_summary(expl, top_k), indent=2, default=_json_value) + "\n"
-    write_atomically(out / f"{stem}.json", lambda fh: fh.write(summary.encode()))
+    write_atomic(out / f"{stem}.json", summary.encode(), sync_dir=False)
     if save_maps:
         for method, heatmap in expl.maps.items():
             arr = np.asarray(heatmap, dtype=np.float32)
-            write_atomically(out / f"{stem}_{method}.npy", lambda fh, a=arr: np.save(fh, a))
+            write_atomic(out / f"{stem}_{method}.npy", lambda fh, a=arr: np.save(fh, a), sync_dir=False)
+    if sync_dir:
+        fsync_dir(out)
     return targets
 
 
@@ -336,30 +342,14 @@ def _json_value(value: Any) -> Any:
 
 
 def _save_figures_atomically(fig: Figure, out: Path, stem: str, formats: Sequence[str]) -> None:
-    """Render with the project's `save_figure` into a temporary folder beside the targets, then rename."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.", dir=out))
+    """Render with the project's `save_figure` into a temporary folder beside the targets, then move each
+    file into place (fsynced, renamed)."""
+    from .archive import move_atomic, temp_dir
+
+    tmp = temp_dir(out, stem)
     try:
-        for path in save_figure(fig, tmp / stem, formats):
-            os.replace(path, out / path.name)
+        for path in save_figure(fig, tmp / stem, formats, overwrite=True):
+            move_atomic(path, out / path.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_atomically(target: Path, write: Callable[[Any], Any]) -> None:
-    """Call `write(binary file)` on a temporary file in the target's folder, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    """The process's file-creation mask (read by setting and restoring it)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+        fig.clear()

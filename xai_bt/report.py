@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from .review import HEATMAP_NOTES
+from .review import HEATMAP_NOTES, words
 
 CSS = """
 body { font-family: -apple-system, 'DejaVu Sans', Arial, sans-serif; max-width: 980px; margin: 1.5em auto;
@@ -123,7 +123,7 @@ def case_html(case: dict[str, Any], index: int = 0) -> str:
     return f"""<section class="case" id="case-{index}">
 {title}
 <p class="prediction">Predicted:
-<strong id="prediction-{index}" class="predicted">{esc(_words(case["prediction"]))}</strong> (calibrated probability {case["confidence"]:.1%})</p>
+<strong id="prediction-{index}" class="predicted">{esc(words(case["prediction"]))}</strong> (calibrated probability {case["confidence"]:.1%})</p>
 {view}
 <div class="row">
 <figure>{img_tag(case["scan_png"], "the uploaded scan", "scan")}<figcaption>The scan as given
@@ -144,7 +144,7 @@ def _probability_table(case: dict[str, Any]) -> str:
     rows = []
     for name, p in sorted(case["probabilities"].items(), key=lambda kv: -kv[1]):
         strong = name == case["prediction"]
-        label = f"<strong>{esc(_words(name))}</strong>" if strong else esc(_words(name))
+        label = f"<strong>{esc(words(name))}</strong>" if strong else esc(words(name))
         rows.append(f'<tr><td>{label}</td><td class="num">{p:.1%}</td>'
                     f'<td><span class="bar" style="width:{max(1, round(150 * p))}px"></span></td></tr>')
     return (f"<table class=\"probabilities\">\n<tr><th>class</th><th>probability</th><th></th></tr>\n"
@@ -187,7 +187,7 @@ def render_report(cases: Sequence[dict[str, Any]], summary: dict[str, Any], titl
 
 def write_report(path: str | os.PathLike, text: str, overwrite: bool = False) -> Path:
     """Write the page atomically (temporary file, then rename); FileExistsError unless `overwrite`."""
-    from .heatmap_figure import write_atomically
+    from .archive import write_atomic
 
     target = Path(path)
     if target.exists() and not overwrite:
@@ -195,9 +195,5 @@ def write_report(path: str | os.PathLike, text: str, overwrite: bool = False) ->
     if target.is_dir():
         raise IsADirectoryError(f"{target}: is a folder; give a file name such as report.html")
     target.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(target, lambda fh: fh.write(text.encode("utf-8")))
+    write_atomic(target, text.encode("utf-8"))
     return target
-
-
-def _words(name: str) -> str:
-    return str(name).replace("_", " ")

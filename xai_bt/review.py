@@ -97,7 +97,7 @@ def case_notes(summary: dict[str, Any], bundle) -> list[str]:
         notes.append(f"The model is uncertain (top probability {summary['confidence']:.0%} is below "
                      f"{LOW_CONFIDENCE:.0%}); treat the prediction and its heatmaps with extra caution.")
     if len(probs) > 1 and probs[1][1] >= 0.2:
-        notes.append(f"Runner-up: {_words(probs[1][0])} at {probs[1][1]:.0%}.")
+        notes.append(f"Runner-up: {words(probs[1][0])} at {probs[1][1]:.0%}.")
     if getattr(bundle, "tta", "none") == "hflip":
         notes.append("The probabilities average the scan and its left-right mirror (test-time augmentation); "
                      "the heatmaps explain the scan as given.")
@@ -151,5 +151,6 @@ def figure_png(fig, dpi: int = FIGURE_DPI) -> bytes:
     return buf.getvalue()
 
 
-def _words(name: str) -> str:
-    return name.replace("_", " ")
+def words(name: str) -> str:
+    """A class or method name for reading: "no_tumor" -> "no tumor"."""
+    return str(name).replace("_", " ")

@@ -334,7 +334,7 @@ def _explain_batch(batch: list[Job], data, bundle, methods: list[str], formats: 
     import numpy as np
 
     from ..explain import explain
-    from ..heatmap_figure import GEOMETRY_KEY, scan_geometry
+    from ..heatmap_figure import GEOMETRY_KEY, save_explanation, scan_geometry
 
     for job, ok, error in zip(batch, data.ok, data.errors):
         if not ok:
@@ -357,8 +357,8 @@ def _explain_batch(batch: list[Job], data, bundle, methods: list[str], formats: 
         if args.mask:
             expl.mask = data.arrays[2][i]
         try:
-            written = save_outputs(expl, Path(args.out), job.stem, formats, top_k=args.top_k,
-                                   save_maps=args.save_maps)
+            written = save_explanation(expl, args.out, formats, overwrite=True, save_maps=args.save_maps,
+                                       top_k=args.top_k, stem=job.stem, sync_dir=False)
         except (OSError, ValueError) as e:
             _failed(job, f"cannot save ({_reason(e, job.path)})", say)
             continue
@@ -366,36 +366,6 @@ def _explain_batch(batch: list[Job], data, bundle, methods: list[str], formats: 
                        confidence=f"{expl.confidence:.4f}", figure=str(written[0]), error="")
         say(f"{job.path}: {expl.predicted} ({expl.confidence:.3f}) -> {written[0]}", file=sys.stdout)
     return [j.row for j in batch]
-
-
-def save_outputs(expl, out: Path, stem: str, formats: list[str], top_k: float = 0.1,
-                 save_maps: bool = False) -> list[Path]:
-    """Write a scan's figures, JSON sidecar (and maps) atomically, each fsynced, replacing what is there;
-    the caller fsyncs the folder once per batch. Returns the paths, figures first (the sidecar when none)."""
-    import shutil
-
-    import numpy as np
-
-    from .. import archive
-    from ..heatmap_figure import explanation_summary, output_paths, plot_explanation, _json_value
-    from ..style import save_figure
-
-    if formats:
-        fig = plot_explanation(expl, top_k)
-        tmp = archive.temp_dir(out, stem)
-        try:
-            for path in save_figure(fig, tmp / stem, formats, overwrite=True):
-                archive.move_atomic(path, out / path.name)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-            fig.clear()
-    summary = json.dumps(explanation_summary(expl, top_k), indent=2, default=_json_value) + "\n"
-    archive.write_atomic(out / f"{stem}.json", summary.encode(), sync_dir=False)
-    if save_maps:
-        for method, heatmap in expl.maps.items():
-            arr = np.asarray(heatmap, dtype=np.float32)
-            archive.write_atomic(out / f"{stem}_{method}.npy", lambda fh, a=arr: np.save(fh, a), sync_dir=False)
-    return output_paths(stem, out, formats, list(expl.maps), save_maps)
 
 
 def _failed(job: Job, reason: str, say) -> None:
