@@ -163,16 +163,16 @@ class Bundle:
         (used by the view-feature ablations)."""
         t = self.temperature if calibrated else 1.0
         if self.kind == "single":
-            probs = _softmax(self._logits("model", x, batch_size) / t)
+            probs = _softmax(self.network_logits("model", x, batch_size) / t)
             return Prediction(probs, self.class_names)
         if self.kind == "two_stage":
-            view_probs = _predict(self.networks["view"], x, batch_size)
+            view_probs = run_network(self.networks["view"], x, batch_size)
             vv = self.view_features(x, batch_size) if view_vectors is None else view_vectors
-            probs = _softmax(self._logits("model", [x, vv], batch_size) / t)
+            probs = _softmax(self.network_logits("model", [x, vv], batch_size) / t)
             return Prediction(probs, self.class_names, view_probs, self.view_names)
         # cascade: P(no_tumor) from stage 1, tumor types share the rest in stage 2's proportions
-        p_tumor = _softmax(self._logits("stage1", x, batch_size) / t)
-        p_type = _softmax(self._logits("stage2", x, batch_size) / t)
+        p_tumor = _softmax(self.network_logits("stage1", x, batch_size) / t)
+        p_type = _softmax(self.network_logits("stage2", x, batch_size) / t)
         probs = combine_cascade(p_tumor, p_type, self.config["stage1_classes"], self.config["stage2_classes"],
                                 self.class_names)
         return Prediction(probs, self.class_names, stage_probabilities={"stage1": p_tumor, "stage2": p_type})
@@ -182,22 +182,15 @@ class Bundle:
         """Paths or arrays -> Prediction (probabilities per class, and the view for two-stage models)."""
         return self.predict_prepared(self.prepare(images), batch_size=batch_size, calibrated=calibrated)
 
-    def _logits(self, network: str, x, batch_size: int) -> np.ndarray:
-        return self.network_logits(network, x, batch_size)
-
     def network_logits(self, network: str, x, batch_size: int = 64) -> np.ndarray:
         """Raw logits of one network (inputs: a batch, or [batch, view vectors]), with the bundle's
         test-time augmentation; every prediction and the temperature fit go through here."""
         net = self.logits_model(network)
-
-        def run(inputs) -> np.ndarray:
-            return run_network(net, inputs, batch_size)
-
-        out = run(x)
+        out = run_network(net, x, batch_size)
         if self.tta == "hflip":
             images, rest = (x[0], list(x[1:])) if isinstance(x, (list, tuple)) else (x, [])
             flipped = np.ascontiguousarray(np.asarray(images)[:, :, ::-1])
-            out = (out + run([flipped, *rest] if rest else flipped)) / 2
+            out = (out + run_network(net, [flipped, *rest] if rest else flipped, batch_size)) / 2
         return out
 
 
@@ -210,10 +203,6 @@ def combine_cascade(p_stage1: np.ndarray, p_stage2: np.ndarray, stage1_classes: 
     for j, name in enumerate(stage2_classes):
         out[:, list(class_names).index(name)] = (1 - p_no) * p_stage2[:, j]
     return out
-
-
-def _predict(net, x, batch_size: int) -> np.ndarray:
-    return run_network(net, x, batch_size)
 
 
 def run_network(net, x, batch_size: int = 64) -> np.ndarray:

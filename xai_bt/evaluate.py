@@ -24,8 +24,8 @@ def evaluation_samples(bundle, samples: Sequence[Sample], data: str,
     The bundle's split.csv holds paths relative to its training data root; `train_data` says where
     that root is now (default: the recorded path if it exists, else `data` when it is the same dataset)."""
     table = split_table(bundle)
-    same_dataset = bool(_recorded_root(bundle)) and Path(data).resolve().name == Path(_recorded_root(bundle)).name
     recorded = _recorded_root(bundle)
+    same_dataset = bool(recorded) and Path(data).resolve().name == Path(recorded).name
     root = train_data or (recorded if recorded and Path(recorded).is_dir() else None)
     root = root or (data if same_dataset else None)
     trained = [Sample(path=os.path.join(root, rel)) for rel, part in table.items()

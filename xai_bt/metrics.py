@@ -254,6 +254,18 @@ def _percentile_ci(estimate: float | None, boots: np.ndarray, alpha: float, stra
             "method": "stratified percentile bootstrap" if stratified else "percentile bootstrap"}
 
 
+def _replicates(stat: Callable[[np.ndarray], float], y: np.ndarray, n_boot: int, seed: int,
+                stratified: bool) -> np.ndarray:
+    """`stat(indices)` on each bootstrap resample; NaN where it raises ValueError (an undefined metric)."""
+    boots = np.empty(n_boot)
+    for i, idx in enumerate(_bootstrap_indices(y, n_boot, seed, stratified)):
+        try:
+            boots[i] = stat(idx)
+        except ValueError:
+            boots[i] = np.nan
+    return boots
+
+
 def bootstrap_ci(
     metric_fn: MetricFn,
     y_true: Any,
@@ -271,12 +283,7 @@ def bootstrap_ci(
     :func:`auc_with_ci`, which uses the same resamples but is vectorised.
     """
     y, p = check_inputs(y_true, y_prob)
-    boots = np.empty(n_boot)
-    for b, idx in enumerate(_bootstrap_indices(y, n_boot, seed, stratified)):
-        try:
-            boots[b] = metric_fn(y[idx], p[idx])
-        except ValueError:
-            boots[b] = np.nan
+    boots = _replicates(lambda idx: metric_fn(y[idx], p[idx]), y, n_boot, seed, stratified)
     return _percentile_ci(_float(metric_fn(y, p)), boots, alpha, stratified)
 
 
@@ -300,12 +307,8 @@ def bootstrap_difference(
     _, b = check_inputs(y_true, y_prob_b)
     if a.shape != b.shape:
         raise ValueError(f"probability sets differ in shape: {a.shape} vs {b.shape}")
-    boots = np.empty(n_boot)
-    for i, idx in enumerate(_bootstrap_indices(y, n_boot, seed, stratified)):
-        try:
-            boots[i] = metric_fn(y[idx], b[idx]) - metric_fn(y[idx], a[idx])
-        except ValueError:
-            boots[i] = np.nan
+    boots = _replicates(lambda idx: metric_fn(y[idx], b[idx]) - metric_fn(y[idx], a[idx]), y, n_boot, seed,
+                        stratified)
     return _percentile_ci(_float(metric_fn(y, b) - metric_fn(y, a)), boots, alpha, stratified)
 
 
