@@ -62,6 +62,42 @@ def explain(files: list[str], work: Path, batch_size: int) -> dict[str, float]:
             "rss_mib": int(rss.group(1)) / 1024, "wall": wall}
 
 
+_NETWORK = """
+import json, sys, time
+import numpy as np
+from xai_bt import cams
+from xai_bt.bundle import default_model_path, load_model
+files = sys.argv[1:]
+b = load_model(default_model_path())
+x = b.prepare(files).astype(np.float32)
+net, logits = b.networks["model"], b.logits_model("model")
+run = cams.cam_pass(net, b.last_conv_layer)
+t = np.zeros(len(x), np.int32)
+def best(f, k=5):
+    f(); out = []
+    for _ in range(k):
+        s = time.perf_counter(); f(); out.append(time.perf_counter() - s)
+    return min(out) / len(x)
+res = {"forward_32": best(lambda: logits.predict_on_batch(x)),
+       "forward_1": best(lambda: [logits.predict_on_batch(x[i:i + 1]) for i in range(len(x))]),
+       "pass_32": best(lambda: run([x], t)),
+       "pass_1": best(lambda: [run([x[i:i + 1]], t[i:i + 1]) for i in range(len(x))])}
+print("NETWORK", json.dumps(res))
+"""
+
+
+def network(files: list[str]) -> dict[str, float]:
+    """The default network alone, in memory (no decoding, no files): seconds per image of a forward pass
+    and of the CAM pass, at batch 32 and one image at a time (best of 5): the batching gain the
+    arithmetic itself offers on this CPU, an upper bound for what batching the whole of explain can give."""
+    r = subprocess.run([sys.executable, "-c", _NETWORK, *files], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    found = re.search(r"NETWORK (\{.*\})", r.stdout)
+    if r.returncode != 0 or not found:
+        raise SystemExit(f"network timing failed ({r.returncode}):\n{r.stderr[-2000:]}")
+    import json
+    return json.loads(found.group(1))
+
+
 def training_subset(dest: Path, per_class: int) -> Path:
     """A benchmark-layout copy: the first `per_class` Training and 4 Testing scans of each class."""
     for split, n in (("Training", per_class), ("Testing", 4)):
@@ -114,6 +150,7 @@ def main() -> None:
         batched = explain(spread(args.throughput), work, args.batch_size)
         loads.append(load())
         single = explain(spread(args.single), work, 1)
+        net = network(spread(args.batch_size))
         loads.append(load())
         small = explain(spread(args.small), work, args.batch_size)
         large = explain(spread(args.large), work, args.batch_size)
@@ -127,6 +164,12 @@ def main() -> None:
         f"({batched['seconds']:.0f} s) | peak RSS {batched['rss_mib']:,.0f} MiB |",
         f"| explain, one image at a time (batch 1) | {single['n']:,} scans | {single['rate']:.2f} images/s "
         f"({single['seconds']:.0f} s) | batched / single = **{batched['rate'] / single['rate']:.1f}x** |",
+        f"| the network alone, in memory: forward pass | {args.batch_size} scans | "
+        f"{1000 * net['forward_32']:.1f} ms/image at batch {args.batch_size}, {1000 * net['forward_1']:.1f} one at a time | "
+        f"batching gain of the arithmetic: {net['forward_1'] / net['forward_32']:.2f}x |",
+        f"| the network alone, in memory: CAM pass (forward + gradient to the last conv layer) | {args.batch_size} scans | "
+        f"{1000 * net['pass_32']:.1f} ms/image at batch {args.batch_size}, {1000 * net['pass_1']:.1f} one at a time | "
+        f"{net['pass_1'] / net['pass_32']:.2f}x |",
         f"| explain, batch {args.batch_size}, small archive | {small['n']:,} scans | {small['rate']:.2f} images/s | "
         f"peak RSS {small['rss_mib']:,.0f} MiB |",
         f"| explain, batch {args.batch_size}, large archive | {large['n']:,} scans | {large['rate']:.2f} images/s | "

@@ -278,3 +278,33 @@ def test_shipped_model_explains_a_sample():
     (e,) = explain(bundle, str(SAMPLES / "glioma.jpg"), methods=("gradcam", "saliency"))
     size = bundle.preprocessing.image_size
     assert all(m.shape == (size, size) and np.all(np.isfinite(m)) and m.max() > 0 for m in e.maps.values())
+
+
+@pytest.mark.parametrize("kind", ["single", "two_stage", "cascade"])
+@pytest.mark.parametrize("target", [None, "pituitary"])
+def test_shared_cam_pass_equals_separate_predict_and_pass(kind, target, two_stage):
+    """explain() predicts from the CAM pass's own logits (every class's gradient kept until the prediction
+    picks one); it must give what a separate prediction and a per-target pass give, flip TTA included."""
+    keras.utils.set_random_seed(5)
+    if kind == "single":
+        bundle = _bundle("single", {"model": build("xai_cnn", 32, 4).model}, 32, tta="hflip")
+    elif kind == "two_stage":
+        bundle = two_stage
+    else:
+        bundle = _bundle("cascade", {"stage1": build("xai_cnn", 32, 2).model,
+                                     "stage2": build("xai_cnn", 32, 3).model}, 32,
+                         stage1_classes=["no_tumor", "tumor"], stage2_classes=["glioma", "meningioma", "pituitary"])
+    x = _images(5, 32, seed=21)
+    methods = ("gradcam", "gradcam++", "layercam", "saliency")
+    out = explain(bundle, x, methods=methods, target=target, batch_size=2)
+    pred = bundle.predict_prepared(x)
+    probs = pred.stage_probabilities["stage2"] if kind == "cascade" else pred.probabilities
+    net = bundle.networks["stage2" if kind == "cascade" else "model"]
+    names = ("glioma", "meningioma", "pituitary") if kind == "cascade" else CLASSES
+    targets = probs.argmax(axis=1) if target is None else np.full(len(x), names.index(target))
+    extra = [bundle.view_features(x)] if kind == "two_stage" else []
+    ref = explain_batch(net, x, targets, methods, layer="stage4_out", extra_inputs=extra)
+    np.testing.assert_allclose(np.stack([e.probabilities for e in out]), probs, atol=1e-5)
+    assert [e.target for e in out] == targets.tolist()
+    for m in methods:
+        np.testing.assert_allclose(np.stack([e.maps[m] for e in out]), ref[m], atol=1e-4)

@@ -30,7 +30,7 @@ def test_two_workers_train_and_only_the_chief_writes_the_bundle(tiny_benchmark, 
     workers = [f"localhost:{p}" for p in _free_ports(2)]
     argv = [sys.executable, "-m", "xai_bt", "train", "--arch", "baseline_cnn", "--data", str(tiny_benchmark),
             "--out", str(out), "--strategy", "multiworker", "--epochs", "1", "--batch-size", "8",
-            "--image-size", "32", "--limit", "32", "--no-augment", "--no-evaluate"]
+            "--image-size", "32", "--limit", "32", "--no-augment"]
     procs = []
     for index in range(2):
         env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
@@ -55,6 +55,9 @@ def test_two_workers_train_and_only_the_chief_writes_the_bundle(tiny_benchmark, 
     assert not (out / "checkpoints").exists()
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
     assert (tmp_path / ".multiworker.worker-1" / "bundle.json").is_file()   # the other worker's private copy
+    assert "metrics" in config                                              # the chief evaluated its bundle
+    assert "metrics" not in json.loads((tmp_path / ".multiworker.worker-1" / "bundle.json").read_text())
+    assert "non-chief worker" in logs[1] and "non-chief worker" not in logs[0]
 
     from xai_bt import load_model
     from conftest import SAMPLES

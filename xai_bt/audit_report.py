@@ -7,14 +7,14 @@ shares, faithfulness and sanity results when measured, and the gallery with the 
 """
 from __future__ import annotations
 
-import base64
 import html
-import io
 from typing import Any, Sequence
 
 import numpy as np
 
 from .focus import LOCALISATION_SCORES
+from .report import img_tag
+from .review import figure_png
 from .style import HEATMAP_CMAP, PALETTE, style_context
 
 LABELS = {
@@ -192,16 +192,11 @@ def _num(v: float | None) -> str:
 
 # --------------------------------------------------------------------------------------------- figures
 def _img(png: bytes) -> str:
-    return f"<img alt='figure' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+    return img_tag(png, "figure")
 
 
 def _png(fig, dpi: int = 130) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, dpi, close=True)
 
 
 def _localisation_figure(s: dict[str, Any]) -> bytes:

@@ -158,21 +158,24 @@ class Bundle:
         return run_network(self._view_feature_model, x, batch_size).astype(np.float32)
 
     def predict_prepared(self, x: np.ndarray, batch_size: int = 64, calibrated: bool = True,
-                         view_vectors: np.ndarray | None = None) -> Prediction:
-        """Predict from a prepared batch; `view_vectors` overrides the two-stage model's view features
-        (used by the view-feature ablations)."""
+                         view_vectors: np.ndarray | None = None,
+                         known_logits: dict[str, np.ndarray] | None = None) -> Prediction:
+        """Predict from a prepared batch. `view_vectors` overrides the two-stage model's view features
+        (the view-feature ablations; explain passes the ones it computed). `known_logits`: network ->
+        its raw logits on `x` (un-augmented), already computed by a gradient pass, so not run again."""
         t = self.temperature if calibrated else 1.0
+        known = known_logits or {}
         if self.kind == "single":
-            probs = _softmax(self.network_logits("model", x, batch_size) / t)
+            probs = _softmax(self.network_logits("model", x, batch_size, known.get("model")) / t)
             return Prediction(probs, self.class_names)
         if self.kind == "two_stage":
             view_probs = run_network(self.networks["view"], x, batch_size)
             vv = self.view_features(x, batch_size) if view_vectors is None else view_vectors
-            probs = _softmax(self.network_logits("model", [x, vv], batch_size) / t)
+            probs = _softmax(self.network_logits("model", [x, vv], batch_size, known.get("model")) / t)
             return Prediction(probs, self.class_names, view_probs, self.view_names)
         # cascade: P(no_tumor) from stage 1, tumor types share the rest in stage 2's proportions
-        p_tumor = _softmax(self.network_logits("stage1", x, batch_size) / t)
-        p_type = _softmax(self.network_logits("stage2", x, batch_size) / t)
+        p_tumor = _softmax(self.network_logits("stage1", x, batch_size, known.get("stage1")) / t)
+        p_type = _softmax(self.network_logits("stage2", x, batch_size, known.get("stage2")) / t)
         probs = combine_cascade(p_tumor, p_type, self.config["stage1_classes"], self.config["stage2_classes"],
                                 self.class_names)
         return Prediction(probs, self.class_names, stage_probabilities={"stage1": p_tumor, "stage2": p_type})
@@ -182,11 +185,13 @@ class Bundle:
         """Paths or arrays -> Prediction (probabilities per class, and the view for two-stage models)."""
         return self.predict_prepared(self.prepare(images), batch_size=batch_size, calibrated=calibrated)
 
-    def network_logits(self, network: str, x, batch_size: int = 64) -> np.ndarray:
+    def network_logits(self, network: str, x, batch_size: int = 64,
+                       known: np.ndarray | None = None) -> np.ndarray:
         """Raw logits of one network (inputs: a batch, or [batch, view vectors]), with the bundle's
-        test-time augmentation; every prediction and the temperature fit go through here."""
+        test-time augmentation; every prediction and the temperature fit go through here. `known`: the
+        un-augmented logits when a caller already has them (only the augmented passes then run)."""
         net = self.logits_model(network)
-        out = run_network(net, x, batch_size)
+        out = run_network(net, x, batch_size) if known is None else np.asarray(known, np.float64)
         if self.tta == "hflip":
             images, rest = (x[0], list(x[1:])) if isinstance(x, (list, tuple)) else (x, [])
             flipped = np.ascontiguousarray(np.asarray(images)[:, :, ::-1])

@@ -34,8 +34,11 @@ def default_layer(model) -> str:
     return spatial[-1]
 
 
-def cam_pass(model, layer: str) -> Callable[[list[np.ndarray], np.ndarray], tuple[np.ndarray, ...]]:
-    """Compiled, cached: (inputs, targets) -> (activations (N,h,w,C), d score / d activations, scores)."""
+def cam_pass(model, layer: str, every_class: bool = False) -> Callable[..., tuple[np.ndarray, ...]]:
+    """Compiled, cached: (inputs, targets) -> (activations (N,h,w,C), d score / d activations, scores).
+    With `every_class`, (inputs) -> the gradients of every class score, (N, K, h, w, C): one forward pass
+    and K backward passes that stop at `layer` (cheap when it is the last conv layer), so the scores can
+    choose the target after the pass."""
     def build():
         import keras
         import tensorflow as tf
@@ -44,6 +47,7 @@ def cam_pass(model, layer: str) -> Callable[[list[np.ndarray], np.ndarray], tupl
             raise ValueError(f"{layer!r} is not a spatial (N, H, W, C) layer of model {model.name!r}; "
                              f"choose one of: {', '.join(spatial_layers(model)[-8:])} ...")
         sub = keras.Model(model.inputs, [model.get_layer(layer).output, score_output(model)])
+        n_classes = int(score_output(model).shape[-1])
 
         @tf.function(input_signature=[input_signature(model), tf.TensorSpec((None,), tf.int32)])
         def run(inputs, targets):
@@ -52,11 +56,32 @@ def cam_pass(model, layer: str) -> Callable[[list[np.ndarray], np.ndarray], tupl
                 score = tf.gather(logits, targets, batch_dims=1)
             return acts, tape.gradient(score, acts), logits
 
-        def numpy_run(inputs, targets):
-            out = run([np.asarray(a, np.float32) for a in inputs], np.asarray(targets, np.int32))
+        @tf.function(input_signature=[input_signature(model)])
+        def run_all(inputs):
+            with tf.GradientTape(persistent=True) as tape:
+                acts, logits = call(sub, inputs)
+                per_class = [tf.reduce_sum(logits[:, k]) for k in range(n_classes)]
+            grads = tf.stack([tape.gradient(s, acts) for s in per_class], axis=1)
+            del tape
+            return acts, grads, logits
+
+        def numpy_run(inputs, targets=None):
+            inputs = [np.asarray(a, np.float32) for a in inputs]
+            out = run_all(inputs) if every_class else run(inputs, np.asarray(targets, np.int32))
             return tuple(t.numpy() for t in out)
         return numpy_run
-    return cached(model, ("cam_pass", layer), build)
+    return cached(model, ("cam_pass", layer, every_class), build)
+
+
+def layer_pass(model, inputs: list[np.ndarray], layer: str, targets: np.ndarray | None = None,
+               batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Activations of `layer`, gradients of the targets' scores (of every class when `targets` is None:
+    (N, K, h, w, C)) and the scores (N, K), in chunks of `batch_size`. The scores are the network's logits,
+    so a caller that needs them (to predict, or to pick the target) can skip a separate forward pass."""
+    run = cam_pass(model, layer, every_class=targets is None)
+    parts = [run([x[s:s + batch_size] for x in inputs], None if targets is None else targets[s:s + batch_size])
+             for s in range(0, len(inputs[0]), batch_size)]
+    return tuple(np.concatenate(p) for p in zip(*parts))
 
 
 # --- how each variant weights the activations (low resolution, before ReLU) -----------------------
@@ -135,20 +160,13 @@ def finish(low: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def cam_family(model, inputs: list[np.ndarray], targets: np.ndarray, methods: tuple[str, ...], layer: str,
-               *, batch_size: int = 32, max_n: int = 10) -> dict[str, Attribution]:
+               *, batch_size: int = 32, max_n: int = 10,
+               passes: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Attribution]:
     """Every requested CAM from one pass over `layer`: method -> Attribution with (N, S, S) maps in [0, 1].
-    `max_n` is Faster-ScoreCAM's number of channels."""
-    run = cam_pass(model, layer)
+    `max_n` is Faster-ScoreCAM's number of channels. `passes`: (activations, target gradients) already
+    computed by `layer_pass`, so the pass is not run again."""
+    acts, grads = passes if passes is not None else layer_pass(model, inputs, layer, targets, batch_size)[:2]
     size = inputs[0].shape[1:3]
-    acts, low = [], {m: [] for m in methods}
-    for start in range(0, len(targets), batch_size):
-        sl = slice(start, start + batch_size)
-        a, g, _ = run([x[sl] for x in inputs], targets[sl])
-        acts.append(a)
-        for m in methods:
-            if m in _WEIGHTING:
-                low[m].append(_WEIGHTING[m](a, g))
-    acts = np.concatenate(acts)
     out = {}
     for m in methods:
         if m == "scorecam":
@@ -156,6 +174,6 @@ def cam_family(model, inputs: list[np.ndarray], targets: np.ndarray, methods: tu
         elif m == "fasterscorecam":
             cam = scorecam(model, inputs, targets, acts, batch_size, max_n=max_n)
         else:
-            cam = np.concatenate(low[m])
+            cam = _WEIGHTING[m](acts, grads)
         out[m] = Attribution(finish(cam, size), info={"max_n": max_n} if m == "fasterscorecam" else {})
     return out

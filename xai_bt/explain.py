@@ -33,7 +33,7 @@ _OTHERS = {"saliency": gradients.saliency, "smoothgrad": gradients.smoothgrad,
 
 def _keywords(fn) -> dict[str, Any]:
     return {p.name: p.default for p in inspect.signature(fn).parameters.values()
-            if p.kind is p.KEYWORD_ONLY and p.name != "batch_size"}
+            if p.kind is p.KEYWORD_ONLY and p.name not in ("batch_size", "passes")}
 
 
 #: method -> its options and their defaults
@@ -47,11 +47,13 @@ Target = Union[None, int, str, Sequence[Union[int, str]]]
 def attribute(keras_model, x: np.ndarray, targets: int | Sequence[int] | np.ndarray,
               methods: Sequence[str] | str = ("gradcam",), layer: str | None = None,
               extra_inputs: Sequence[np.ndarray] | None = None, batch_size: int = 32,
-              **options: Any) -> dict[str, Attribution]:
+              cam_passes: tuple[np.ndarray, np.ndarray] | None = None, **options: Any) -> dict[str, Attribution]:
     """Run `methods` on a batch `x` (N, S, S, C) for class indices `targets` (one, or one per image).
 
     `layer`: the CAM family's layer (default: the last layer with a spatial output). `extra_inputs`:
-    the model's inputs after the image, e.g. [(N, 128) view vectors]. Returns method -> Attribution.
+    the model's inputs after the image, e.g. [(N, 128) view vectors]. `cam_passes`: the layer's
+    activations and the targets' gradients from `cams.layer_pass`, when the caller already ran it.
+    Returns method -> Attribution.
     """
     methods = _check_methods(methods)
     x = np.asarray(x, np.float32)
@@ -72,7 +74,8 @@ def attribute(keras_model, x: np.ndarray, targets: int | Sequence[int] | np.ndar
     if family:
         layer = layer or cams.default_layer(keras_model)
         cam_options = {k: v for k, v in options.items() if k in OPTIONS["fasterscorecam"]}
-        out.update(cams.cam_family(keras_model, inputs, t, family, layer, batch_size=batch_size, **cam_options))
+        out.update(cams.cam_family(keras_model, inputs, t, family, layer, batch_size=batch_size,
+                                   passes=cam_passes, **cam_options))
     for m in methods:
         if m in _OTHERS:
             own = {k: v for k, v in options.items() if k in OPTIONS[m]}
@@ -119,11 +122,21 @@ def explain(model, images, methods: Sequence[str] | str = ("gradcam",), target: 
     explanations = []
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size]
-        pred = bundle.predict_prepared(xb, batch_size=batch_size)
-        probs = _network_probabilities(bundle, pred, name)
-        targets = _resolve_targets(target, probs, names, start)
         extra = [bundle.view_features(xb, batch_size)] if len(net.inputs) > 1 else []
-        result = attribute(net, xb, targets, methods, cam_layer, extra, batch_size, **options)
+        # The CAM pass yields the network's logits too: predict from them instead of a second forward pass
+        # (with no target given, it keeps every class's gradient until the prediction picks one).
+        fixed = None if target is None else _resolve_targets(target, len(xb), names, start)
+        passes, known = None, None
+        if cam_layer:
+            acts, grads, logits = cams.layer_pass(net, [xb, *extra], cam_layer, fixed, batch_size)
+            known = {name: logits}
+        pred = bundle.predict_prepared(xb, batch_size=batch_size, view_vectors=extra[0] if extra else None,
+                                       known_logits=known)
+        probs = _network_probabilities(bundle, pred, name)
+        targets = probs.argmax(axis=1) if fixed is None else fixed
+        if cam_layer:
+            passes = (acts, grads if fixed is not None else grads[np.arange(len(xb)), targets])
+        result = attribute(net, xb, targets, methods, cam_layer, extra, batch_size, cam_passes=passes, **options)
         for i in range(len(xb)):
             explanations.append(Explanation(
                 image=xb[i, ..., 0].copy(), maps={m: a.maps[i] for m, a in result.items()},
@@ -180,11 +193,8 @@ def _default_layer(bundle, net) -> str:
     return bundle.last_conv_layer if bundle.last_conv_layer in cams.spatial_layers(net) else cams.default_layer(net)
 
 
-def _resolve_targets(target: Target, probs: np.ndarray, names: tuple[str, ...], start: int) -> np.ndarray:
-    """Class indices for a chunk of scans starting at `start`."""
-    n = len(probs)
-    if target is None:
-        return probs.argmax(axis=1)
+def _resolve_targets(target: Target, n: int, names: tuple[str, ...], start: int) -> np.ndarray:
+    """Class indices of a given target for a chunk of `n` scans starting at `start`."""
     if isinstance(target, (str, int, np.integer)):
         items = [target] * n
     else:

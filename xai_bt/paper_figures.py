@@ -117,8 +117,8 @@ def _recording(bundle):
     base = type(bundle)
 
     class Recording(base):  # type: ignore[misc, valid-type]
-        def network_logits(self, network, x, batch_size=64):
-            out = super().network_logits(network, x, batch_size)
+        def network_logits(self, network, x, batch_size=64, known=None):
+            out = super().network_logits(network, x, batch_size, known)
             self.recorded[network] = out
             return out
 

@@ -144,10 +144,14 @@ def scan_png(gray: np.ndarray, side: int = SCAN_SIDE) -> bytes:
     return buf.getvalue()
 
 
-def figure_png(fig, dpi: int = FIGURE_DPI) -> bytes:
-    """A matplotlib figure as PNG bytes (fonts as in the project style)."""
+def figure_png(fig, dpi: int = FIGURE_DPI, close: bool = False) -> bytes:
+    """A matplotlib figure as PNG bytes (fonts as in the project style); `close` frees it afterwards."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
+    if close:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
     return buf.getvalue()
 
 

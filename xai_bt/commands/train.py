@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from . import fail
 
@@ -61,7 +62,9 @@ def main(args: argparse.Namespace) -> int:
         path = train(cfg, overwrite=args.overwrite, resume=args.resume)
     except (FileExistsError, ValueError, FileNotFoundError) as e:
         return fail(str(e))
-    if not args.no_evaluate:
+    if path.resolve() != Path(cfg.out).resolve():
+        print(f"non-chief worker: bundle copy in {path}; the chief evaluates and writes {cfg.out}")
+    elif not args.no_evaluate:
         from ..evaluate import evaluate_bundle
 
         evaluate_bundle(path, args.data, write=True)
