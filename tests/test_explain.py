@@ -265,9 +265,34 @@ def test_cascade_networks():
     x = _images(2, 32, seed=11)
     s1 = explain(bundle, x, network="stage1", target="tumor")
     assert s1[0].class_names == ("no_tumor", "tumor") and s1[0].target == 1 and s1[0].probabilities.shape == (2,)
-    assert explain(bundle, x)[0].class_names == ("glioma", "meningioma", "pituitary")
+    assert explain(bundle, x, network="stage2")[0].class_names == ("glioma", "meningioma", "pituitary")
     with pytest.raises(ValueError, match="stage1"):
         explain(bundle, x, network="view")
+
+
+def test_cascade_decision_is_explained_by_the_stage_that_made_it():
+    """network="model" on a cascade: four-class probabilities; a scan called no tumor gets stage 1's
+    no_tumor map, a tumor gets stage 2's map of its type (the same maps as asking that stage directly)."""
+    keras.utils.set_random_seed(6)
+    bundle = _bundle("cascade", {"stage1": build("xai_cnn", 32, 2).model, "stage2": build("xai_cnn", 32, 3).model},
+                     32, stage1_classes=["no_tumor", "tumor"], stage2_classes=["glioma", "meningioma", "pituitary"])
+    x = _images(4, 32, seed=12)
+    auto = explain(bundle, x, methods=("gradcam", "saliency"), batch_size=3)
+    probs = bundle.predict_prepared(x).probabilities
+    assert [e.class_names for e in auto] == [CLASSES] * 4
+    np.testing.assert_allclose(np.stack([e.probabilities for e in auto]), probs, atol=1e-6)
+    for e in auto:
+        assert e.network == ("stage1" if e.target_name == "no_tumor" else "stage2")
+    targets = ["no_tumor", "glioma", "pituitary", "no_tumor"]
+    mixed = explain(bundle, x, methods=("gradcam", "saliency"), target=targets, batch_size=3)
+    assert [e.network for e in mixed] == ["stage1", "stage2", "stage2", "stage1"]
+    assert [e.target_name for e in mixed] == targets
+    s1 = explain(bundle, x, methods=("gradcam", "saliency"), network="stage1", target="no_tumor")
+    s2 = explain(bundle, x, methods=("gradcam", "saliency"), network="stage2", target="glioma")
+    for m in ("gradcam", "saliency"):
+        np.testing.assert_allclose(mixed[0].maps[m], s1[0].maps[m], atol=1e-5)
+        np.testing.assert_allclose(mixed[3].maps[m], s1[3].maps[m], atol=1e-5)
+        np.testing.assert_allclose(mixed[1].maps[m], s2[1].maps[m], atol=1e-5)
 
 
 def test_shipped_model_explains_a_sample():
@@ -296,7 +321,8 @@ def test_shared_cam_pass_equals_separate_predict_and_pass(kind, target, two_stag
                          stage1_classes=["no_tumor", "tumor"], stage2_classes=["glioma", "meningioma", "pituitary"])
     x = _images(5, 32, seed=21)
     methods = ("gradcam", "gradcam++", "layercam", "saliency")
-    out = explain(bundle, x, methods=methods, target=target, batch_size=2)
+    out = explain(bundle, x, methods=methods, target=target, batch_size=2,
+                  network="stage2" if kind == "cascade" else "model")
     pred = bundle.predict_prepared(x)
     probs = pred.stage_probabilities["stage2"] if kind == "cascade" else pred.probabilities
     net = bundle.networks["stage2" if kind == "cascade" else "model"]

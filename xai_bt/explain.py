@@ -100,15 +100,18 @@ def explain(model, images, methods: Sequence[str] | str = ("gradcam",), target: 
     model: a Bundle or a bundle path. images: paths, arrays, or a prepared batch (N, S, S, 1).
     target: None (each scan's predicted class), a class name or index, or one per scan.
     layer: the CAM layer (default: the bundle's last conv layer). network: "model" (the final
-    classifier: the tumor model, or stage 2 of a cascade) or a network of the bundle ("stage1",
-    "stage2", "view"). For a two-stage model, the view vector is an input too: gradient methods
-    attribute it (`view_attribution`); perturbation methods hold it fixed.
+    decision: the tumor classifier; for a cascade, stage 1 for scans it calls no tumor and stage 2 for
+    the others, see `_explain_cascade`) or a network of the bundle ("stage1", "stage2", "view"). For a
+    two-stage model, the view vector is an input too: gradient methods attribute it (`view_attribution`);
+    perturbation methods hold it fixed.
     """
     from .bundle import Bundle, load_model
 
     bundle = model if isinstance(model, Bundle) else load_model(model)
     methods = _check_methods(methods)
     _check_options(methods, options)
+    if bundle.kind == "cascade" and network == "model":
+        return _explain_cascade(bundle, images, methods, target, layer, batch_size, options)
     name, net = _network(bundle, network)
     names = _class_names(bundle, name)
     x = bundle.prepare(images)
@@ -146,8 +149,47 @@ def explain(model, images, methods: Sequence[str] | str = ("gradcam",), target: 
                 view_probabilities=None if pred.view_probabilities is None else pred.view_probabilities[i],
                 view_names=pred.view_names,
                 view_attribution={m: a.inputs[0][i] for m, a in result.items() if a.inputs},
-                extra={m: _info_at(a.info, i) for m, a in result.items() if a.info}))
+                extra={m: _info_at(a.info, i) for m, a in result.items() if a.info}, network=name))
     return explanations
+
+
+def _explain_cascade(bundle, images, methods: tuple[str, ...], target: Target, layer: str | None,
+                     batch_size: int, options: dict[str, Any]) -> list[Explanation]:
+    """A cascade's four-class decision. Scans it calls (or whose target is) no tumor are explained by
+    stage 1's "no_tumor" score, the others by stage 2's tumor-type score: the network that made the
+    call. Probabilities and class names are the four-class ones; `Explanation.network` says which stage."""
+    names = tuple(bundle.class_names)
+    stage_classes = {"stage1": list(bundle.config["stage1_classes"]), "stage2": list(bundle.config["stage2_classes"])}
+    x = bundle.prepare(images)
+    paths = _paths(images, len(x))
+    if not (target is None or isinstance(target, (str, int, np.integer))) and len(target) != len(x):
+        raise ValueError(f"give one target for all scans or one per scan ({len(x)}), got {len(target)}")
+    background = options.pop("background", None)
+    out: list[Explanation] = []
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size]
+        pred = bundle.predict_prepared(xb, batch_size=batch_size)
+        targets = pred.probabilities.argmax(axis=1) if target is None else _resolve_targets(target, len(xb), names, start)
+        chunk: list[Explanation | None] = [None] * len(xb)
+        for stage, classes in stage_classes.items():
+            rows = [i for i, t in enumerate(targets) if (names[t] == "no_tumor") == (stage == "stage1")]
+            if not rows:
+                continue
+            net = bundle.networks[stage]
+            stage_targets = [classes.index(names[targets[i]]) for i in rows]
+            cam_layer = (layer or _default_layer(bundle, net)) if any(m in cams.METHODS for m in methods) else None
+            own = dict(options)
+            if background is not None:
+                own["background"] = _background(bundle, net, background, batch_size)
+            result = attribute(net, xb[rows], stage_targets, methods, cam_layer, [], batch_size, **own)
+            for j, i in enumerate(rows):
+                chunk[i] = Explanation(
+                    image=xb[i, ..., 0].copy(), maps={m: a.maps[j] for m, a in result.items()},
+                    target=int(targets[i]), target_name=names[targets[i]], probabilities=pred.probabilities[i],
+                    class_names=names, model_name=bundle.name, path=paths[start + i], layer=cam_layer,
+                    extra={m: _info_at(a.info, j) for m, a in result.items() if a.info}, network=stage)
+        out.extend(chunk)
+    return out
 
 
 # --- checking and resolving arguments ---------------------------------------------------------------

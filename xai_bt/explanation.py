@@ -27,6 +27,7 @@ class Explanation:
     view_attribution: dict[str, np.ndarray] = field(default_factory=dict)  # method -> (128,) for two-stage
     mask: np.ndarray | None = None                 # (S, S) bool ground truth, when known
     extra: dict[str, Any] = field(default_factory=dict)
+    network: str | None = None                     # the bundle network the maps come from ("stage1" of a cascade...)
 
     @property
     def predicted(self) -> str:

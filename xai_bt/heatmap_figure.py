@@ -142,6 +142,7 @@ def explanation_summary(expl: Explanation, top_k: float = 0.1) -> dict[str, Any]
         "target": expl.target_name,
         "target_probability": float(probs[expl.target]),
         "layer": expl.layer,
+        "network": expl.network,
         "input_size": int(expl.image.shape[0]),
         "original_shape": geometry["original_shape"] if geometry else None,
         "view": None,
@@ -264,6 +265,9 @@ def _legend_handles(top_k: float, with_mask: bool) -> list[Line2D]:
     return handles
 
 
+CASCADE_STAGES = {"stage1": "stage 1 (tumor or no tumor)", "stage2": "stage 2 (tumor type)"}
+
+
 def _title(expl: Explanation) -> str:
     """Two or three short lines: file and model; prediction and view; the target if not the prediction."""
     source = _shorten(Path(expl.path).name if expl.path else "array input", 40)
@@ -276,6 +280,8 @@ def _title(expl: Explanation) -> str:
     if expl.target_name != expl.predicted:
         p = float(np.asarray(expl.probabilities)[expl.target])
         lines.append(f"Maps explain: {expl.target_name.replace('_', ' ')} (p = {p:.2f}), not the predicted class")
+    if expl.network in CASCADE_STAGES:
+        lines.append(f"Maps: cascade {CASCADE_STAGES[expl.network]}")
     return "\n".join(lines)
 
 
