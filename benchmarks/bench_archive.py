@@ -17,6 +17,7 @@ mirrored over 2 logical CPU devices. The load average is recorded: other jobs sh
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -94,7 +95,6 @@ def network(files: list[str]) -> dict[str, float]:
     found = re.search(r"NETWORK (\{.*\})", r.stdout)
     if r.returncode != 0 or not found:
         raise SystemExit(f"network timing failed ({r.returncode}):\n{r.stderr[-2000:]}")
-    import json
     return json.loads(found.group(1))
 
 

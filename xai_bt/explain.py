@@ -114,11 +114,8 @@ def explain(model, images, methods: Sequence[str] | str = ("gradcam",), target: 
         return _explain_cascade(bundle, images, methods, target, layer, batch_size, options)
     name, net = _network(bundle, network)
     names = _class_names(bundle, name)
-    x = bundle.prepare(images)
-    paths = _paths(images, len(x))
-    if not (target is None or isinstance(target, (str, int, np.integer))) and len(target) != len(x):
-        raise ValueError(f"give one target for all scans or one per scan ({len(x)}), got {len(target)}")
-    cam_layer = (layer or _default_layer(bundle, net)) if any(m in cams.METHODS for m in methods) else None
+    x, paths = _prepare(bundle, images, target)
+    cam_layer = _cam_layer(bundle, net, layer, methods)
     if options.get("background") is not None:
         options["background"] = _background(bundle, net, options["background"], batch_size)
 
@@ -160,11 +157,11 @@ def _explain_cascade(bundle, images, methods: tuple[str, ...], target: Target, l
     call. Probabilities and class names are the four-class ones; `Explanation.network` says which stage."""
     names = tuple(bundle.class_names)
     stage_classes = {"stage1": list(bundle.config["stage1_classes"]), "stage2": list(bundle.config["stage2_classes"])}
-    x = bundle.prepare(images)
-    paths = _paths(images, len(x))
-    if not (target is None or isinstance(target, (str, int, np.integer))) and len(target) != len(x):
-        raise ValueError(f"give one target for all scans or one per scan ({len(x)}), got {len(target)}")
+    x, paths = _prepare(bundle, images, target)
     background = options.pop("background", None)
+    stage_options = {stage: options if background is None else
+                     {**options, "background": _background(bundle, bundle.networks[stage], background, batch_size)}
+                     for stage in stage_classes}
     out: list[Explanation] = []
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size]
@@ -177,11 +174,9 @@ def _explain_cascade(bundle, images, methods: tuple[str, ...], target: Target, l
                 continue
             net = bundle.networks[stage]
             stage_targets = [classes.index(names[targets[i]]) for i in rows]
-            cam_layer = (layer or _default_layer(bundle, net)) if any(m in cams.METHODS for m in methods) else None
-            own = dict(options)
-            if background is not None:
-                own["background"] = _background(bundle, net, background, batch_size)
-            result = attribute(net, xb[rows], stage_targets, methods, cam_layer, [], batch_size, **own)
+            cam_layer = _cam_layer(bundle, net, layer, methods)
+            result = attribute(net, xb[rows], stage_targets, methods, cam_layer, [], batch_size,
+                               **stage_options[stage])
             for j, i in enumerate(rows):
                 chunk[i] = Explanation(
                     image=xb[i, ..., 0].copy(), maps={m: a.maps[j] for m, a in result.items()},
@@ -228,6 +223,19 @@ def _network_probabilities(bundle, pred, name: str) -> np.ndarray:
     if bundle.kind == "cascade":
         return pred.stage_probabilities[name]
     return pred.view_probabilities if name == "view" else pred.probabilities
+
+
+def _prepare(bundle, images, target: Target) -> tuple[np.ndarray, list[str | None]]:
+    """The prepared batch and each scan's path; a per-scan target list must match the scans."""
+    x = bundle.prepare(images)
+    if not (target is None or isinstance(target, (str, int, np.integer))) and len(target) != len(x):
+        raise ValueError(f"give one target for all scans or one per scan ({len(x)}), got {len(target)}")
+    return x, _paths(images, len(x))
+
+
+def _cam_layer(bundle, net, layer: str | None, methods: tuple[str, ...]) -> str | None:
+    """The CAM family's layer on `net` when a CAM method is asked for, else None."""
+    return (layer or _default_layer(bundle, net)) if any(m in cams.METHODS for m in methods) else None
 
 
 def _default_layer(bundle, net) -> str:
