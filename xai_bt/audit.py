@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .dedup import TWIN_THRESHOLD
 from .focus import LOCALISATION_SCORES, localisation_scores, summarise
 from .sample import ImageError, Sample
 from .shortcut import shortcut_scores
@@ -175,7 +176,7 @@ def training_root(bundle, train_data: str | None) -> str | None:
 
 
 def select_unseen(bundle, samples: Sequence[Sample], train_data: str | None = None,
-                  threshold: float = 0.99, progress: bool = False) -> Selection:
+                  threshold: float = TWIN_THRESHOLD, progress: bool = False) -> Selection:
     """Mark the samples with no near-duplicate (r >= threshold) or shared patient among the bundle's
     "train" rows; also measure each sample's closest "val" row. Raises ValueError when the bundle has no
     split.csv or its training data cannot be found (the caller suggests --train-data or --all)."""
@@ -336,7 +337,7 @@ def sanity_check(bundle, x: np.ndarray, targets: np.ndarray, methods: Sequence[s
 # ---------------------------------------------------------------------------------------------- the run
 def select_candidates(bundle, data: str, names: Sequence[str], *, masks: str | None = None,
                       boxes: str | None = None, unseen_only: bool = True, train_data: str | None = None,
-                      limit: int | None = None, threshold: float = 0.99, seed: int = 0, progress: bool = True,
+                      limit: int | None = None, threshold: float = TWIN_THRESHOLD, seed: int = 0, progress: bool = True,
                       log: Callable[[str], None] = print):
     """The scans to audit: (samples, mask sources, candidate positions, similarities (n, 2) to the train /
     val rows, the selection counts, the text defining "unseen"). Raises ValueError when none is left."""
@@ -378,7 +379,7 @@ class AuditResult:
 def run_audit(model, data: str, *, methods: Sequence[str] = DEFAULT_METHODS, masks: str | None = None,
               boxes: str | None = None, unseen_only: bool = True, train_data: str | None = None,
               limit: int | None = None, layer: str | None = None, target: str = "true",
-              tolerance_px: float | None = None, top_k: float = 0.05, threshold: float = 0.99,
+              tolerance_px: float | None = None, top_k: float = 0.05, threshold: float = TWIN_THRESHOLD,
               faithfulness: int = 0, sanity: int = 0, batch_size: int = 32, gallery_size: int = 4,
               seed: int = 0, progress: bool = True, log: Callable[[str], None] = print) -> AuditResult:
     """Audit `model` (a Bundle or path) on the masked scans of `data`; see the module docstring.

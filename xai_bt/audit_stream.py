@@ -20,9 +20,27 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import archive
-from .audit import (FAITHFULNESS_SCORES, MAP_SCORES, OUTPUTS, _finite, _model_batch, _relative, _round,
-                    _subset, build_summary, cam_layer, check_out, explain_maps, explained_network,
-                    faithfulness_scores, network_probabilities, sanity_check, score_maps, select_candidates)
+from .audit import (
+    FAITHFULNESS_SCORES,
+    MAP_SCORES,
+    OUTPUTS,
+    _finite,
+    _model_batch,
+    _relative,
+    _round,
+    _subset,
+    build_summary,
+    cam_layer,
+    check_out,
+    explain_maps,
+    explained_network,
+    faithfulness_scores,
+    network_probabilities,
+    sanity_check,
+    score_maps,
+    select_candidates,
+)
+from .dedup import TWIN_THRESHOLD
 
 BASE_FIELDS = ("path", "label", "plane", "mask_source", "mask_fraction", "max_similarity_train",
                "max_similarity_val", "target", "prediction", "confidence", "correct")
@@ -38,7 +56,7 @@ class _EmptyMask(ValueError):
 def run_streaming(model, data: str, out: str | os.PathLike, *, methods: Sequence[str], masks: str | None = None,
                   boxes: str | None = None, unseen_only: bool = True, train_data: str | None = None,
                   limit: int | None = None, layer: str | None = None, target: str = "true",
-                  tolerance_px: float | None = None, top_k: float = 0.05, threshold: float = 0.99,
+                  tolerance_px: float | None = None, top_k: float = 0.05, threshold: float = TWIN_THRESHOLD,
                   faithfulness: int = 0, sanity: int = 0, batch_size: int = 32, gallery_size: int = 4,
                   seed: int = 0, resume: bool = False, overwrite: bool = False,
                   shard: tuple[int, int] | None = None, workers: int | None = None, progress: bool = True,

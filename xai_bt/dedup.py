@@ -1,9 +1,12 @@
-"""Near-duplicate detection between MRI slices.
+"""Near-duplicate ("twin") detection between MRI slices: the project's one definition of a twin.
 
 Each image is reduced to a small grayscale thumbnail, centred and scaled to unit norm, so that the dot
-product of two rows is their Pearson correlation. Pairs above a threshold (0.99 by default) are the
-same scan re-encoded, rescaled or brightened; union-find turns pairs into groups that a split must keep
-on one side. Thumbnails and byte digests are cached per file, so a repeated audit costs little.
+product of two rows is their Pearson correlation. Two scans are twins when the thumbnail of one
+correlates at r >= TWIN_THRESHOLD with the thumbnail of the other as it is, mirrored left-right, flipped
+up-down or turned 180 degrees (TWIN_TRANSFORMS): the benchmark holds all four, and a model trained with
+flips has in effect seen each of them. The transforms and the threshold were chosen from measurements of
+the benchmark and BRISC (`audits/twins/`). Union-find turns pairs into groups that a split must keep on
+one side. Thumbnails and byte digests are cached per file, so a repeated audit costs little.
 """
 from __future__ import annotations
 
@@ -25,6 +28,17 @@ log = logging.getLogger(__name__)
 BLOCK = 2048
 _DIGEST_BYTES = 16
 _CACHE_VERSION = "2"
+
+#: Pearson r of 32x32 thumbnails from which two scans are twins: the valley between copies (r near 1) and
+#: distinct scans in the measured nearest-neighbour distribution (audits/twins/README.md).
+TWIN_THRESHOLD = 0.99
+#: Transforms of one thumbnail under which it is compared with another; the 90-degree turns, transposes,
+#: shifts and zooms measured in audits/twins/ add no twin in the benchmark or BRISC.
+TWIN_TRANSFORMS: tuple[str, ...] = ("identity", "mirror_lr", "flip_ud", "rot180")
+#: Short words for reports: "as it is", "mirrored", ...
+TRANSFORM_WORDS = {"identity": "as it is", "mirror_lr": "mirrored left-right", "flip_ud": "flipped up-down",
+                   "rot180": "turned 180 degrees"}
+_FLIPS = {"identity": (), "mirror_lr": (2,), "flip_ud": (1,), "rot180": (1, 2)}
 
 
 def default_cache_dir() -> Path:
@@ -157,47 +171,86 @@ def _clean(x: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(x), np.float32(0), x) if np.isnan(x).any() else x
 
 
-def similar_pairs(a: np.ndarray, b: np.ndarray | None = None, threshold: float = 0.99
-                  ) -> list[tuple[int, int, float]]:
-    """Pairs (i, j, r) with r >= threshold: within `a` (i < j) or between rows of `a` and rows of `b`.
+def transform_thumbnails(thumbs: np.ndarray, transform: str) -> np.ndarray:
+    """Square thumbnails (n, s*s) mirrored, flipped or turned as named (a key of TRANSFORM_WORDS).
+
+    Each transform is an orthogonal involution, so r(a, T(b)) = r(T(a), b): comparing in one direction
+    finds every pair."""
+    if transform not in _FLIPS:
+        raise ValueError(f"unknown transform {transform!r}; expected one of {', '.join(_FLIPS)}")
+    x = np.asarray(thumbs, np.float32)
+    if not _FLIPS[transform]:
+        return x
+    side = int(round(np.sqrt(x.shape[1]))) if x.ndim == 2 else 0
+    if side * side != (x.shape[1] if x.ndim == 2 else -1):
+        raise ValueError(f"thumbnails of shape {x.shape} are not square images flattened to rows")
+    return np.flip(x.reshape(len(x), side, side), _FLIPS[transform]).reshape(x.shape)
+
+
+def similar_pairs(a: np.ndarray, b: np.ndarray | None = None, threshold: float = TWIN_THRESHOLD,
+                  transforms: Sequence[str] = TWIN_TRANSFORMS) -> list[tuple[int, int, float]]:
+    """Pairs (i, j, r) with r >= threshold under any of `transforms` (r: the best of them): within `a`
+    (i < j) or between rows of `a` and rows of `b`.
 
     Computed in blocks of BLOCK rows so memory stays at BLOCK x n floats."""
     a = _clean(a)
     within = b is None
     b = a if within else _clean(b)
-    out: list[tuple[int, int, float]] = []
-    for start in range(0, len(a), BLOCK):
-        stop = min(start + BLOCK, len(a))
-        first = start + 1 if within else 0            # only j > i within a set
-        sims = a[start:stop] @ b[first:].T
-        ii, jj = np.nonzero(sims >= threshold)
-        if within:
-            keep = jj + first > ii + start
-            ii, jj = ii[keep], jj[keep]
-        out.extend(zip((ii + start).tolist(), (jj + first).tolist(), sims[ii, jj].tolist()))
-    return out
+    found: dict[tuple[int, int], float] = {}
+    for name in transforms:
+        bt = transform_thumbnails(b, name)
+        for start in range(0, len(a), BLOCK):
+            stop = min(start + BLOCK, len(a))
+            first = start + 1 if within else 0            # only j > i within a set
+            sims = a[start:stop] @ bt[first:].T
+            ii, jj = np.nonzero(sims >= threshold)
+            if within:
+                keep = jj + first > ii + start
+                ii, jj = ii[keep], jj[keep]
+            for i, j, r in zip((ii + start).tolist(), (jj + first).tolist(), sims[ii, jj].tolist()):
+                if r > found.get((i, j), -np.inf):
+                    found[(i, j)] = r
+    return [(i, j, r) for (i, j), r in sorted(found.items())]
 
 
-def best_matches(a: np.ndarray, b: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """For each row of `a`, the highest r among rows of `b` (among the other rows of `a` if b is None)
-    and its index, so callers can apply any threshold afterwards. Unreadable rows give NaN / -1; with
-    nothing to compare against, -inf / -1."""
+def best_matches_by_transform(a: np.ndarray, b: np.ndarray | None = None,
+                              transforms: Sequence[str] = TWIN_TRANSFORMS
+                              ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """For each transform, each row's highest r against the transformed rows of `b` (of the other rows
+    of `a` if b is None) and its index: what the data audit reports per kind of twin."""
     a_raw = np.asarray(a, np.float32)
     a = _clean(a_raw)
     within = b is None
     b = a if within else _clean(b)
-    best = np.full(len(a), -np.inf, np.float32)
-    idx = np.full(len(a), -1, np.int64)
-    if len(b) > int(within):
-        for start in range(0, len(a), BLOCK):
-            stop = min(start + BLOCK, len(a))
-            sims = a[start:stop] @ b.T
-            if within:
-                sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf
-            idx[start:stop] = sims.argmax(axis=1)
-            best[start:stop] = sims[np.arange(stop - start), idx[start:stop]]
     bad = np.isnan(a_raw).any(axis=1)
-    best[bad], idx[bad] = np.nan, -1
+    out = {}
+    for name in transforms:
+        bt = transform_thumbnails(b, name)
+        best = np.full(len(a), -np.inf, np.float32)
+        idx = np.full(len(a), -1, np.int64)
+        if len(b) > int(within):
+            for start in range(0, len(a), BLOCK):
+                stop = min(start + BLOCK, len(a))
+                sims = a[start:stop] @ bt.T
+                if within:
+                    sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf
+                idx[start:stop] = sims.argmax(axis=1)
+                best[start:stop] = sims[np.arange(stop - start), idx[start:stop]]
+        best[bad], idx[bad] = np.nan, -1
+        out[name] = (best, idx)
+    return out
+
+
+def best_matches(a: np.ndarray, b: np.ndarray | None = None, transforms: Sequence[str] = TWIN_TRANSFORMS
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of `a`, the highest r under any of `transforms` among rows of `b` (among the other
+    rows of `a` if b is None) and its index, so callers can apply any threshold afterwards. Unreadable
+    rows give NaN / -1; with nothing to compare against, -inf / -1."""
+    per = list(best_matches_by_transform(a, b, transforms).values())
+    best, idx = per[0][0].copy(), per[0][1].copy()
+    for r, i in per[1:]:
+        better = r > best                                   # NaN rows stay NaN
+        best[better], idx[better] = r[better], i[better]
     return best, idx
 
 
@@ -249,9 +302,9 @@ def groups_from_pairs(n: int, pairs: Sequence[tuple[int, int, float]] | Sequence
     return uf.labels()
 
 
-def near_duplicate_groups(thumbs: np.ndarray, threshold: float = 0.99,
+def near_duplicate_groups(thumbs: np.ndarray, threshold: float = TWIN_THRESHOLD,
                           link_by: Sequence[str | None] | None = None) -> np.ndarray:
-    """Group id per image: images linked by a chain of r >= threshold pairs (or a shared `link_by` key,
+    """Group id per image: images linked by a chain of twin pairs (or a shared `link_by` key,
     e.g. patient id) share a group, so a split that keeps groups whole cannot leak near-duplicates."""
     return groups_from_pairs(len(thumbs), similar_pairs(thumbs, threshold=threshold), link_by)
 

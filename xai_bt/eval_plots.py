@@ -20,7 +20,15 @@ from matplotlib.figure import Figure
 
 from xai_bt.calibration import reliability_bins
 from xai_bt.metrics import auc_with_ci, pr_curves, roc_bands, roc_curves
-from xai_bt.style import MATRIX_CMAP, ONE_COLUMN, OKABE_ITO, PALETTE, TWO_COLUMN, class_color, style_context
+from xai_bt.style import (
+    MATRIX_CMAP,
+    OKABE_ITO,
+    ONE_COLUMN,
+    PALETTE,
+    TWO_COLUMN,
+    class_color,
+    style_context,
+)
 
 F = TypeVar("F", bound=Callable[..., Figure])
 _LR_KEYS = ("lr", "learning_rate")
@@ -378,4 +386,33 @@ def plot_architecture_comparison(rows: Sequence[Mapping[str, Any]], ax: Axes | N
         fig.legend(*ax.get_legend_handles_labels(), loc="outside upper center", ncols=2)
     else:
         ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2)
+    return fig
+
+
+@_styled
+def plot_twin_histogram(hist: Mapping[str, Any], threshold: float | None = None, ax: Axes | None = None,
+                        title: str | None = None, log: bool = True) -> Figure:
+    """Nearest-neighbour r of each test scan against the reference scans, compared as it is and mirrored
+    (``hist`` from the data audit: ``edges`` plus ``identity`` / ``mirror_lr`` counts): copies pile up
+    near r = 1, distinct scans lower, and the threshold belongs in the valley between them."""
+    fig, ax = _figure_axes(ax, TWO_COLUMN)
+    edges = np.asarray(hist["edges"], float)
+    for key, label, colour in (("identity", "as it is", OKABE_ITO["blue"]),
+                               ("mirror_lr", "mirrored left-right", OKABE_ITO["vermillion"]),
+                               ("any", "any twin transform", OKABE_ITO["black"])):
+        if key in hist:
+            ax.stairs(np.asarray(hist[key]), edges, label=label, color=colour,
+                      linestyle=":" if key == "any" else "-")
+    if threshold is not None:
+        ax.axvline(threshold, color="0.35", linestyle="--", linewidth=0.8)
+        ax.annotate(f"threshold {threshold:g}", (threshold, 1), xycoords=("data", "axes fraction"),
+                    xytext=(-3, -2), textcoords="offset points", ha="right", va="top", fontsize=7, color="0.35")
+    if log:
+        ax.set_yscale("symlog", linthresh=1)
+    ax.set_xlim(edges[0], edges[-1])
+    ax.set_xlabel(f"Pearson r of 32x32 thumbnails with the closest reference scan (r < {edges[0]:g} in the first bin)")
+    ax.set_ylabel("test scans per bin" + (" (log scale)" if log else ""))
+    ax.legend(loc="upper left")
+    if title:
+        ax.set_title(title)
     return fig

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .dedup import TWIN_THRESHOLD
 from .sample import Sample
 
 
@@ -81,7 +82,7 @@ def predict_samples(bundle, samples: Sequence[Sample], batch_size: int = 64, cal
     return keep, pred, errors
 
 
-def evaluate_bundle(model, data: str, threshold: float = 0.99, batch_size: int = 64, calibrated: bool = True,
+def evaluate_bundle(model, data: str, threshold: float = TWIN_THRESHOLD, batch_size: int = 64, calibrated: bool = True,
                     write: bool = False, out: str | None = None, overwrite: bool = False,
                     train_data: str | None = None) -> dict[str, Any]:
     """Metrics of a bundle on `data`: official test split and leakage-free subset, with 95% CIs.

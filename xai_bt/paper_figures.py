@@ -36,6 +36,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .dedup import TWIN_THRESHOLD
+
 PARTS = {"official": "official test split", "leakage_free": "leakage-free subset"}
 SETTINGS = ("raw", "calibrated")
 FORMATS = ("png", "pdf", "svg", "eps", "jpg", "tif")
@@ -127,7 +129,7 @@ def _recording(bundle):
     return rec
 
 
-def evaluate_model(model, data: str, name: str | None = None, threshold: float = 0.99, batch_size: int = 64,
+def evaluate_model(model, data: str, name: str | None = None, threshold: float = TWIN_THRESHOLD, batch_size: int = 64,
                    train_data: str | None = None) -> ModelEvaluation:
     """Run :func:`xai_bt.evaluate.evaluate_bundle` once (temperature-scaled) and derive the raw
     probabilities from the same forward pass."""
@@ -481,7 +483,7 @@ def comparison_row(ev: ModelEvaluation, numbers: dict[str, Any]) -> dict[str, An
 
 
 def make_figures(models: Sequence[str | os.PathLike], data: str, out: str | os.PathLike,
-                 formats: Sequence[str] = ("png", "pdf"), overwrite: bool = False, threshold: float = 0.99,
+                 formats: Sequence[str] = ("png", "pdf"), overwrite: bool = False, threshold: float = TWIN_THRESHOLD,
                  batch_size: int = 64, train_data: str | None = None, n_boot: int = 1000, n_bins: int = 15,
                  log=print) -> dict[str, Any]:
     """All figures and tables for ``models`` into ``out``; returns {"models": {name: numbers},

@@ -1,7 +1,7 @@
 """Leakage-free splits and the leakage audit.
 
-A split is leakage-free when no near-duplicate image (Pearson r >= threshold between thumbnails, see
-`xai_bt.dedup`) and no patient sits on two sides. `leakage_free` marks the images of a given test set
+A split is leakage-free when no twin (a near-duplicate as it is, mirrored, flipped or turned: the one
+definition in `xai_bt.dedup`) and no patient sits on two sides. `leakage_free` marks the images of a given test set
 that have no such twin in a reference set; `make_split` / `split_training` build new group-aware,
 class-stratified splits; `audit` measures how much an existing split leaks.
 """
@@ -16,12 +16,24 @@ from typing import Any
 
 import numpy as np
 
-from .dedup import best_matches, exact_duplicate_groups, fingerprints, groups_from_pairs, similar_pairs, thumbnails
+from .dedup import (
+    TWIN_THRESHOLD,
+    TWIN_TRANSFORMS,
+    best_matches,
+    best_matches_by_transform,
+    exact_duplicate_groups,
+    fingerprints,
+    groups_from_pairs,
+    similar_pairs,
+    thumbnails,
+)
 from .sample import Sample
 
 SPLIT_COLUMNS = ("path", "label", "split", "group", "patient_id", "plane")
 #: Extra thresholds at which the audit counts test images with a twin in train.
 REPORT_THRESHOLDS = (0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
+#: Bin edges of the nearest-neighbour r histogram in the audit (r below the first edge counts in the first bin).
+HISTOGRAM_EDGES = tuple(round(0.8 + 0.01 * k, 2) for k in range(21))
 _TEST_NAMES = {"test", "testing"}
 _TRAIN_NAMES = {"train", "training"}
 
@@ -37,17 +49,18 @@ def _thumbs(samples: Sequence[Sample], thumbs: np.ndarray | None, cache_dir: str
 
 def max_similarity(samples: Sequence[Sample], reference: Sequence[Sample], *, thumbs: np.ndarray | None = None,
                    reference_thumbs: np.ndarray | None = None, cache_dir: str | Path | None = None) -> np.ndarray:
-    """Highest Pearson r of each sample's thumbnail against any `reference` image (NaN if unreadable),
-    so that reports can count leaks at any threshold."""
+    """Highest Pearson r of each sample's thumbnail against any `reference` image under any twin
+    transform (NaN if unreadable), so that reports can count leaks at any threshold."""
     a = _thumbs(samples, thumbs, cache_dir)
     b = _thumbs(reference, reference_thumbs, cache_dir)
     return best_matches(a, b)[0]
 
 
-def leakage_free(samples: Sequence[Sample], reference: Sequence[Sample], threshold: float = 0.99, *,
+def leakage_free(samples: Sequence[Sample], reference: Sequence[Sample], threshold: float = TWIN_THRESHOLD, *,
                  thumbs: np.ndarray | None = None, reference_thumbs: np.ndarray | None = None,
                  cache_dir: str | Path | None = None) -> list[bool]:
-    """True for each sample with no near-duplicate (r >= threshold) and no shared patient id in `reference`.
+    """True for each sample with no twin (r >= threshold as it is, mirrored, flipped or turned) and no
+    shared patient id in `reference`.
 
     This defines the project's "leakage-free test set" (e.g. official Testing vs Training). Unreadable
     samples cannot be checked and are False."""
@@ -58,9 +71,10 @@ def leakage_free(samples: Sequence[Sample], reference: Sequence[Sample], thresho
             for s, r in zip(samples, best)]
 
 
-def split_groups(samples: Sequence[Sample], threshold: float = 0.99, *, thumbs: np.ndarray | None = None,
+def split_groups(samples: Sequence[Sample], threshold: float = TWIN_THRESHOLD, *, thumbs: np.ndarray | None = None,
                  cache_dir: str | Path | None = None) -> np.ndarray:
-    """Group id per sample that a split must keep whole: near-duplicate chains plus shared patient ids."""
+    """Group id per sample that a split must keep whole: chains of twins (mirrored ones too) plus shared
+    patient ids."""
     t = _thumbs(samples, thumbs, cache_dir)
     return groups_from_pairs(len(samples), similar_pairs(t, threshold=threshold),
                              link_by=[s.patient_id for s in samples])
@@ -97,7 +111,8 @@ def _group_split(labels: Sequence[str | None], groups: np.ndarray, fractions: Se
     return [names[p] for p in part[g]]
 
 
-def make_split(samples: Sequence[Sample], fractions: Sequence[float] = (0.7, 0.15, 0.15), threshold: float = 0.99,
+def make_split(samples: Sequence[Sample], fractions: Sequence[float] = (0.7, 0.15, 0.15),
+               threshold: float = TWIN_THRESHOLD,
                seed: int = 0, *, groups: np.ndarray | None = None, cache_dir: str | Path | None = None) -> list[str]:
     """"train"/"val"/"test" per sample (or "train"/"test" for two fractions), stratified by class, with
     every near-duplicate group and every patient on one side. `groups` defaults to `split_groups`."""
@@ -109,7 +124,8 @@ def make_split(samples: Sequence[Sample], fractions: Sequence[float] = (0.7, 0.1
     return _group_split([s.label for s in samples], np.asarray(groups), fractions, names, seed)
 
 
-def split_training(samples: Sequence[Sample], val_fraction: float = 0.15, threshold: float = 0.99, seed: int = 0,
+def split_training(samples: Sequence[Sample], val_fraction: float = 0.15, threshold: float = TWIN_THRESHOLD,
+                   seed: int = 0,
                    *, groups: np.ndarray | None = None, cache_dir: str | Path | None = None) -> list[str]:
     """"train"/"val" per sample of an official training split, keeping near-duplicate groups and patients
     whole, so that validation scores are not inflated by twins in train."""
@@ -190,12 +206,39 @@ def _spread(items: list, k: int) -> list:
     return [items[int(i)] for i in np.linspace(0, len(items) - 1, k).round()]
 
 
-def audit(samples: Sequence[Sample], threshold: float = 0.99, examples: int = 10, *,
+def histogram(r: np.ndarray, edges: Sequence[float] = HISTOGRAM_EDGES) -> list[int]:
+    """Counts of nearest-neighbour r per bin of `edges`; r below the first edge goes in the first bin, NaN
+    (unreadable) nowhere."""
+    r = np.asarray(r, float)
+    r = np.clip(r[np.isfinite(r)], edges[0], edges[-1])
+    return np.histogram(r, np.asarray(edges))[0].tolist()
+
+
+def _leak(test: str, train: str, splits: list[str], thumbs: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Test images of `test` with a twin in `train`: in all, per kind (as it is, mirrored, ...), by
+    threshold, and the histogram of nearest-neighbour r as it is and mirrored."""
+    ti = [i for i, sp in enumerate(splits) if sp == test]
+    ri = [i for i, sp in enumerate(splits) if sp == train]
+    per = {k: v[0] for k, v in best_matches_by_transform(thumbs[ti], thumbs[ri]).items()}
+    best = np.max(np.stack(list(per.values())), axis=0)
+    counts = {f"{t:g}": int(np.sum(best >= t)) for t in sorted({*REPORT_THRESHOLDS, threshold})}
+    return {"split": test, "reference": train, "of": len(ti), "n": int(np.sum(best >= threshold)),
+            "by_kind": {k: int(np.sum(r >= threshold)) for k, r in per.items()},
+            "only_by_kind": {k: int(np.sum((r >= threshold) & (per["identity"] < threshold)))
+                             for k, r in per.items() if k != "identity"},
+            "by_threshold": counts,
+            "histogram": {"edges": list(HISTOGRAM_EDGES),
+                          **{k: histogram(r) for k, r in per.items() if k in ("identity", "mirror_lr")},
+                          "any": histogram(best)}}
+
+
+def audit(samples: Sequence[Sample], threshold: float = TWIN_THRESHOLD, examples: int = 10, *,
           thumbs: np.ndarray | None = None, digests: Sequence[str | None] | None = None,
           cache_dir: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
-    """Leakage report of a labelled split (JSON-ready): near-duplicate pairs and groups within and across
-    splits, test images with a twin in train (the headline), byte-identical files, label and plane
-    conflicts inside duplicate groups, patients on several sides, and example pairs."""
+    """Leakage report of a labelled split (JSON-ready): twin pairs and groups within and across splits,
+    test images with a twin in train (the headline: in all and per kind, as it is or mirrored, with the
+    nearest-neighbour histogram), byte-identical files, label and plane conflicts inside duplicate
+    groups, patients on several sides, and example pairs."""
     if thumbs is None or digests is None:
         t, d = fingerprints(samples, cache_dir=cache_dir, progress=progress)
         thumbs, digests = (t if thumbs is None else thumbs), (d if digests is None else digests)
@@ -221,13 +264,7 @@ def audit(samples: Sequence[Sample], threshold: float = 0.99, examples: int = 10
                        "a_images_with_twin_in_b": sum(splits[i] == a for i in ends),
                        "b_images_with_twin_in_a": sum(splits[i] == b for i in ends)})
 
-    leaks = []
-    for test, train in _leak_pairs(names):
-        ti = [i for i in range(n) if splits[i] == test]
-        best = best_matches(thumbs[ti], thumbs[[i for i in range(n) if splits[i] == train]])[0]
-        counts = {f"{t:g}": int(np.sum(best >= t)) for t in sorted({*REPORT_THRESHOLDS, threshold})}
-        leaks.append({"split": test, "reference": train, "of": len(ti), "n": int(np.sum(best >= threshold)),
-                      "by_threshold": counts})
+    leaks = [_leak(test, train, splits, thumbs, threshold) for test, train in _leak_pairs(names)]
 
     comps = _components(n, pairs)
     exact = exact_duplicate_groups(digests)
@@ -241,6 +278,7 @@ def audit(samples: Sequence[Sample], threshold: float = 0.99, examples: int = 10
         sorted(pairs, key=lambda p: p[2])
     return {
         "threshold": threshold,
+        "transforms": list(TWIN_TRANSFORMS),
         "n_images": n,
         "splits": dict(Counter(splits)),
         "unreadable": [samples[i].path for i in np.flatnonzero(unreadable)],

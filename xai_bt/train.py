@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .dedup import TWIN_THRESHOLD
 from .preprocess import Preprocessing
 from .sample import CLASS_NAMES, PLANES, Sample
 
@@ -47,7 +48,7 @@ class TrainConfig:
     augment: bool = True
     val_fraction: float = 0.15
     split_csv: str | None = None
-    dedup_threshold: float = 0.99
+    dedup_threshold: float = TWIN_THRESHOLD
     seed: int = 0
     limit: int | None = None          # at most this many training images (smoke tests)
     view_model: str | None = None     # a view bundle: makes a two-stage tumor model

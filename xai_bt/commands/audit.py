@@ -14,7 +14,7 @@ import shlex
 import sys
 import time
 
-from . import fail
+from . import add_threshold, fail
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,8 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     which.add_argument("--all", dest="unseen_only", action="store_false",
                        help="every scan with a mask, including ones the model was trained on")
     p.add_argument("--train-data", help="where the bundle's training data is now (default: the recorded path)")
-    p.add_argument("--threshold", type=float, default=0.99,
-                   help="near-duplicate threshold (Pearson r of 32x32 thumbnails; default 0.99)")
+    add_threshold(p, "the unseen selection")
     p.add_argument("--tolerance", type=float, help="pointing-game tolerance in pixels at model resolution "
                                                    "(default: 3%% of the input side)")
     p.add_argument("--faithfulness", nargs="?", type=int, const=50, default=0, metavar="N",

@@ -1,7 +1,7 @@
 """`python -m xai_bt data`: dataset summary, near-duplicate (leakage) audit and leakage-free split CSVs.
 
     python -m xai_bt data summary ROOT
-    python -m xai_bt data audit ROOT [ROOT ...] [--threshold 0.99] [--examples 10] [--json report.json]
+    python -m xai_bt data audit ROOT [ROOT ...] [--threshold R] [--examples 10] [--json report.json]
                                 [--write-split split.csv --fractions 0.7 0.15 0.15 --seed 0] [--overwrite]
 
 With several ROOTs the images are audited together and each split is named `<folder>:<split>`, so the
@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ..dedup import TRANSFORM_WORDS, TWIN_THRESHOLD
 from . import fail
 
 
@@ -30,14 +31,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        description="Find near-duplicate images (Pearson r between 32x32 thumbnails) within and "
                                    "across splits, and optionally write a group-aware, class-stratified split.")
     p.add_argument("roots", nargs="+", metavar="ROOT", help="dataset folder(s), audited together")
-    p.add_argument("--threshold", type=float, default=0.99, help="r at which two images count as duplicates")
+    p.add_argument("--threshold", type=float, default=TWIN_THRESHOLD,
+                   help=f"r at which two images count as twins (default {TWIN_THRESHOLD}, chosen from the measured "
+                        "nearest-neighbour distribution: audits/twins/README.md)")
     p.add_argument("--examples", type=int, default=10, help="example pairs and conflicts to show")
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
+    p.add_argument("--plot", metavar="STEM", help="write the nearest-neighbour r histogram as STEM.png and STEM.pdf")
     p.add_argument("--write-split", metavar="CSV", help="write a leakage-free split (path,label,split,group,...)")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.7, 0.15, 0.15], metavar="F",
                    help="train val test (or train test) fractions of the new split")
     p.add_argument("--seed", type=int, default=0, help="seed of the new split")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --write-split file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --write-split file or --plot")
     p.add_argument("--workers", type=int, default=2, help="threads decoding images")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the thumbnail cache")
 
@@ -91,6 +95,10 @@ def _audit(args: argparse.Namespace) -> int:
 
     if args.write_split and Path(args.write_split).exists() and not args.overwrite:
         return fail(f"{args.write_split} already exists; pass --overwrite to replace it")
+    if args.plot and not args.overwrite:
+        taken = [f"{args.plot}.{ext}" for ext in ("png", "pdf") if Path(f"{args.plot}.{ext}").exists()]
+        if taken:
+            return fail(f"{taken[0]} already exists; pass --overwrite to replace it")
     fr = args.fractions
     if args.write_split and (len(fr) not in (2, 3) or min(fr) < 0 or abs(sum(fr) - 1) > 1e-6):
         return fail(f"--fractions must be 2 or 3 non-negative numbers summing to 1, got {' '.join(map(str, fr))}")
@@ -114,6 +122,15 @@ def _audit(args: argparse.Namespace) -> int:
             report["written_split"] = _write_split(args, samples, thumbs, digests)
         except (ValueError, FileExistsError) as exc:
             return fail(str(exc))
+    if args.plot and report["headline"]:
+        from ..eval_plots import plot_twin_histogram
+        from ..style import save_figure
+
+        head = report["headline"]
+        fig = plot_twin_histogram(head["histogram"], args.threshold,
+                                  title=f"{head['split']} scans: closest scan in {head['reference']}")
+        paths = save_figure(fig, args.plot, overwrite=True)  # checked before the audit ran
+        print("histogram written to " + ", ".join(map(str, paths)))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
@@ -151,16 +168,39 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
                                       for i, (c, w) in enumerate(zip(r, widths))) for r in cells)
 
 
+def format_histogram(hist: dict[str, Any], width: int = 40) -> list[str]:
+    """Text histogram of nearest-neighbour r, one row per bin: counts as it is and mirrored, with bars."""
+    edges, keys = hist["edges"], [k for k in ("identity", "mirror_lr") if k in hist]
+    top = max((max(hist[k]) for k in keys), default=1) or 1
+    rows = [f"  {'r':>11s}  {'as it is':>8s}  {'mirrored':>8s}"]
+    for b in range(len(edges) - 1):
+        lo = "< " if b == 0 else "  "
+        cells = [hist[k][b] for k in keys]
+        bars = "".join(ch * max(int(round(width * c / top)), int(c > 0)) for ch, c in zip("#=", cells))
+        rows.append(f"  {lo}{edges[b]:.2f}-{edges[b + 1]:.2f}  " + "  ".join(f"{c:8d}" for c in cells) + f"  {bars}")
+    return rows
+
+
 def format_report(r: dict[str, Any]) -> str:
     """Human-readable audit report: headline first, then the tables and examples."""
     t = r["threshold"]
+    kinds = ", ".join(TRANSFORM_WORDS.get(k, k) for k in r.get("transforms", ["identity"]))
     out = [f"Near-duplicate audit: {r['n_images']} images ("
            + ", ".join(f"{k} {v}" for k, v in sorted(r["splits"].items()))
-           + f"); duplicates = Pearson r >= {t:g} between 32x32 thumbnails"]
+           + f"); twins = Pearson r >= {t:g} between 32x32 thumbnails, one compared {kinds}"]
     for leak in r["leaks"]:
         out.append(f"LEAKAGE: {leak['n']} of {leak['of']} {leak['split']} images ({leak['n'] / max(leak['of'], 1):.1%})"
-                   f" have a near-duplicate in {leak['reference']}")
+                   f" have a twin in {leak['reference']}")
+        by_kind, only = leak.get("by_kind", {}), leak.get("only_by_kind", {})
+        if by_kind:
+            out.append("  twin " + "; ".join(f"{TRANSFORM_WORDS.get(k, k)}: {v}"
+                                             + (f" ({only[k]} with no plain twin)" if k in only else "")
+                                             for k, v in by_kind.items()))
         out.append("  at other thresholds: " + ", ".join(f"r>={k} {v}" for k, v in leak["by_threshold"].items()))
+        if leak.get("histogram"):
+            out.append(f"  nearest-neighbour r of each {leak['split']} image in {leak['reference']} "
+                       f"(# as it is, = mirrored):")
+            out += format_histogram(leak["histogram"])
     out.append("\nWithin splits:")
     out.append(_table(["split", "images", "pairs", "groups", "images in groups"],
                       [[k, v["images"], v["pairs"], v["groups"], v["images_in_groups"]]

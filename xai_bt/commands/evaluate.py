@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from . import fail
+from . import add_threshold, fail
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model bundle folder")
     p.add_argument("--data", required=True, help="dataset root")
     p.add_argument("--out", help="write metrics.json, metrics.csv and predictions.csv to this folder")
-    p.add_argument("--threshold", type=float, default=0.99,
-                   help="near-duplicate threshold (Pearson r of 32x32 thumbnails) for the leakage-free set")
+    add_threshold(p, "the leakage-free set")
     p.add_argument("--train-data", help="where the model's training data is now, if it moved "
                                         "(for the leakage check; default: the path recorded at training)")
     p.add_argument("--raw", action="store_true", help="without temperature scaling")

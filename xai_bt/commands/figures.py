@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import fail
+from . import add_threshold, fail
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,8 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (one subfolder per model)")
     p.add_argument("--formats", default="png,pdf", help="comma-separated figure formats (default png,pdf)")
     p.add_argument("--overwrite", action="store_true", help="replace existing figures and tables")
-    p.add_argument("--threshold", type=float, default=0.99,
-                   help="near-duplicate threshold (Pearson r of 32x32 thumbnails) for the leakage-free subset")
+    add_threshold(p, "the leakage-free subset")
     p.add_argument("--train-data", help="where the models' training data is now, if it moved")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for AUC CIs (default 1000)")
     p.add_argument("--bins", type=int, default=15, help="confidence bins for reliability diagrams (default 15)")
