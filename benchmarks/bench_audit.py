@@ -44,7 +44,7 @@ def main() -> None:
     wall = time.perf_counter() - t
     s = result.summary
     n = s["n_images"]
-    print(f"| stage | seconds | ms per scan |\n|---|---:|---:|")
+    print("| stage | seconds | ms per scan |\n|---|---:|---:|")
     for stage, sec in s["timings"].items():
         if stage != "total_s":
             print(f"| {stage.removesuffix('_s').replace('_', ' ')} | {sec:.1f} | {1000 * sec / n:.0f} |")

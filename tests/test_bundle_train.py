@@ -1,6 +1,7 @@
 """Training, saving, loading and predicting end to end on a handful of real scans."""
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from xai_bt import cli
 from xai_bt.bundle import BundleError, combine_cascade, load_model
 from xai_bt.train import TrainConfig, train
 
-from conftest import SAMPLES
+from conftest import BENCHMARK, SAMPLES
 
 
 def _cfg(data, out, **kw):
@@ -64,6 +65,42 @@ def test_evaluate_reports_official_and_leakage_free(single, tiny_benchmark, tmp_
     assert {"metrics.json", "metrics.csv", "predictions.csv"} <= {p.name for p in (tmp_path / "ev").iterdir()}
     with pytest.raises(FileExistsError):
         evaluate_bundle(single, str(tiny_benchmark), out=str(tmp_path / "ev"))
+
+
+def test_evaluate_leakage_free_part_excludes_exactly_the_twins(single, tiny_benchmark, tmp_path):
+    """A test split made of mirrored, flipped, turned and plain copies of training scans plus scans no
+    model saw: the leakage-free part is exactly the unseen ones, and every copy is reported as a twin."""
+    from PIL import Image
+
+    from xai_bt.evaluate import evaluate_bundle
+
+    data = tmp_path / "constructed"          # another dataset: its Testing folder is the test split
+    shutil.copytree(tiny_benchmark / "Training", data / "Training")
+    training = sorted((data / "Training" / "glioma").glob("*.jpg"))
+    copies = {"mirrored": np.fliplr, "flipped": np.flipud, "turned": lambda a: np.rot90(a, 2),
+              "plain": lambda a: np.clip(a.astype(np.float32) * 1.1 + 5, 0, 255).astype(np.uint8)}
+    (data / "Testing" / "glioma").mkdir(parents=True)
+    for (name, f), src in zip(copies.items(), training):
+        Image.fromarray(np.ascontiguousarray(f(np.asarray(Image.open(src).convert("L"))))).save(
+            data / "Testing" / "glioma" / f"{name}.png")
+    unseen = []                                  # real test scans; kept only if no twin of any kind in Training
+    from xai_bt.dedup import TWIN_THRESHOLD, best_matches, thumbnails
+    from xai_bt.sample import Sample
+    candidates = sorted((BENCHMARK / "Testing" / "pituitary").glob("*.jpg"))[:40]
+    ref = thumbnails([Sample(path=str(p)) for p in sorted((data / "Training").rglob("*.jpg"))])
+    r = best_matches(thumbnails([Sample(path=str(p)) for p in candidates]), ref)[0]
+    (data / "Testing" / "pituitary").mkdir(parents=True)
+    for p, v in zip(candidates, r):
+        if v < 0.9 and len(unseen) < 3:
+            shutil.copy(p, data / "Testing" / "pituitary" / p.name)
+            unseen.append(p.name)
+    assert len(unseen) == 3
+    res = evaluate_bundle(single, str(data), train_data=str(tiny_benchmark))
+    flags = {Path(row["path"]).stem: row["leakage_free"] for row in res["predictions"]}
+    assert flags == {**{k: False for k in copies}, **{Path(u).stem: True for u in unseen}}
+    sims = {Path(row["path"]).stem: row["max_similarity_to_training"] for row in res["predictions"]}
+    assert all(sims[k] >= TWIN_THRESHOLD for k in copies)
+    assert res["official"]["n"] == 7 and res["leakage_free"]["n"] == 3
 
 
 def test_cascade_and_two_stage(tiny_benchmark, tmp_path, single):

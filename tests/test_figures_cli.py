@@ -1,7 +1,6 @@
 """`python -m xai_bt calibrate` and `figures` end to end on a tiny random-init bundle and real scans."""
 import csv
 import json
-import os
 import time
 
 import numpy as np
@@ -75,8 +74,8 @@ def test_calibrate_then_figures(setup, tmp_path, capsys):
 
     bundle = load_model(path)
     assert bundle.temperature == t
-    samples, missing = validation_samples(bundle, root)
-    assert len(samples) == 12 and not missing
+    samples, missing, n_twins = validation_samples(bundle, root)
+    assert len(samples) == 12 and not missing and n_twins == 0  # split mirror-aware: no twin of train in val
     assert all("Training" in s.path for s in samples)
     x = bundle.prepare([s.path for s in samples])
     y = np.array([CLASS_NAMES.index(s.label) for s in samples])

@@ -125,7 +125,7 @@ def _keras_app(app: Callable, scale: Callable, last_conv: str, name: str):
         inp = _image_input(size)
         x = scale(_gray_to_rgb(inp))
         base = app(include_top=False, weights=_resolve_weights(weights), input_tensor=x)
-        backbone = [l.name for l in base.layers]
+        backbone = [layer.name for layer in base.layers]
         return _finish(inp, base.output, last_conv, n_classes, dropout, backbone, name, extra_input)
     build.__doc__ = f"{name} backbone (keras.applications), grayscale copied to RGB, flat graph."
     return build

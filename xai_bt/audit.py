@@ -10,8 +10,8 @@ a few scans. :func:`run_audit` returns everything; :func:`write_audit` writes `s
 
 *Unseen* scans: a model cannot be audited fairly on scans it was trained on, and public MRI sets share
 near-duplicate scans (BRISC's tumor scans all have a twin in the 4-class benchmark's Training folder). So
-by default only scans with no near-duplicate (thumbnail Pearson r >= threshold) and no shared patient
-among the bundle's `split.csv` rows marked "train" are audited. Rows marked "val" (early stopping and
+by default only scans with no twin (as they are, mirrored, flipped or turned: `xai_bt.dedup`) and no
+shared patient among the bundle's `split.csv` rows marked "train" are audited. Rows marked "val" (early stopping and
 checkpoint choice, never a gradient update) do not count as seen: an unseen scan may be a twin of one.
 """
 from __future__ import annotations
@@ -177,7 +177,7 @@ def training_root(bundle, train_data: str | None) -> str | None:
 
 def select_unseen(bundle, samples: Sequence[Sample], train_data: str | None = None,
                   threshold: float = TWIN_THRESHOLD, progress: bool = False) -> Selection:
-    """Mark the samples with no near-duplicate (r >= threshold) or shared patient among the bundle's
+    """Mark the samples with no twin (xai_bt.dedup, at r >= threshold) or shared patient among the bundle's
     "train" rows; also measure each sample's closest "val" row. Raises ValueError when the bundle has no
     split.csv or its training data cannot be found (the caller suggests --train-data or --all)."""
     from .dedup import thumbnails
@@ -502,11 +502,13 @@ def _selection_counts(sel: Selection, threshold: float) -> dict[str, Any]:
 def unseen_definition(sel: Selection, threshold: float) -> str:
     """One paragraph saying exactly what "unseen" means for this audit."""
     twin_val = int(np.sum(sel.unseen & (sel.sim_val >= threshold)))
-    return (f"Unseen = no near-duplicate (thumbnail Pearson r >= {threshold:g}) and no shared patient among "
+    from .dedup import describe_twins
+
+    return (f"Unseen = no twin ({describe_twins(threshold)}) and no shared patient among "
             f"the {sel.n_train_rows} scans of the bundle's split.csv marked 'train' (resolved under "
             f"{sel.train_root}), i.e. never used for a gradient update. These scans are not in training but "
             f"may be in validation: the {sel.n_val_rows} 'val' scans steered early stopping and the choice "
-            f"of checkpoint, and {twin_val} of the {int(sel.unseen.sum())} unseen scans have a near-duplicate "
+            f"of checkpoint, and {twin_val} of the {int(sel.unseen.sum())} unseen scans have a twin "
             f"among them. Unseen is therefore weaker than 'held-out test'.")
 
 

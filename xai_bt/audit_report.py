@@ -97,7 +97,7 @@ def _header(s: dict[str, Any]) -> str:
 def _selection(s: dict[str, Any]) -> str:
     sel = s["selection"]
     counts = (f"{sel['scans']} scans in the dataset, {sel['with_mask']} with a tumor mask of the model's classes"
-              + (f"; {sel['unseen']} unseen, {sel['seen']} with a near-duplicate in training" if "unseen" in sel else "")
+              + (f"; {sel['unseen']} unseen, {sel['seen']} with a twin (as it is, mirrored or flipped) in training" if "unseen" in sel else "")
               + ("; skipped: " + ", ".join(f"{v} {k}" for k, v in sel["skipped"].items() if isinstance(v, int))
                  if sel.get("skipped") else "")
               + f"; {sel['audited']} audited.")

@@ -151,7 +151,7 @@ class Bundle:
 
         if self._view_feature_model is None:
             view = self.networks.get("view" if self.kind == "two_stage" else "model")
-            names = {l.name for l in view.layers} if view is not None else set()
+            names = {layer.name for layer in view.layers} if view is not None else set()
             if "view_features" not in names:
                 raise BundleError(f"{self.path}: this {self.kind} bundle has no view features")
             self._view_feature_model = keras.Model(view.inputs, view.get_layer("view_features").output)

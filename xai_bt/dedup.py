@@ -171,6 +171,12 @@ def _clean(x: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(x), np.float32(0), x) if np.isnan(x).any() else x
 
 
+def describe_twins(threshold: float = TWIN_THRESHOLD, transforms: Sequence[str] = TWIN_TRANSFORMS) -> str:
+    """What "twin" means, in words, for reports: "thumbnail Pearson r >= 0.99, compared as it is, ..."."""
+    return (f"thumbnail Pearson r >= {threshold:g}, compared "
+            + ", ".join(TRANSFORM_WORDS.get(t, t) for t in transforms))
+
+
 def transform_thumbnails(thumbs: np.ndarray, transform: str) -> np.ndarray:
     """Square thumbnails (n, s*s) mirrored, flipped or turned as named (a key of TRANSFORM_WORDS).
 

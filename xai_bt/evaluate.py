@@ -1,8 +1,8 @@
 """Honest evaluation: metrics on the official test split and on its leakage-free part.
 
-The leakage-free part is the test scans that have no near-duplicate (or shared patient) among the scans
-the model was trained and validated on (its bundle's `split.csv`), so the two numbers side by side show
-how much of a score is memory.
+The leakage-free part is the test scans that have no twin (a near-duplicate as it is, mirrored, flipped
+or turned: `xai_bt.dedup`) and no shared patient among the scans the model was trained and validated on
+(its bundle's `split.csv`), so the two numbers side by side show how much of a score is memory.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .dedup import TWIN_THRESHOLD
+from .dedup import TWIN_THRESHOLD, TWIN_TRANSFORMS
 from .sample import Sample
 
 
@@ -113,6 +113,7 @@ def evaluate_bundle(model, data: str, threshold: float = TWIN_THRESHOLD, batch_s
     results: dict[str, Any] = {
         "model": str(bundle.path), "data": str(data), "test_set": description, "calibrated": calibrated,
         "temperature": bundle.temperature if calibrated else 1.0, "dedup_threshold": threshold,
+        "twin_transforms": list(TWIN_TRANSFORMS),
         "n_unreadable": len(errors), "reference_scans": len(trained),
     }
     for part, mask in (("official", np.ones(len(test), bool)), ("leakage_free", free)):
@@ -183,8 +184,13 @@ def print_summary(results: dict[str, Any]) -> None:
               f"(95% CI {ci['low']:.4f}-{ci['high']:.4f})  macro-F1 {r['macro_f1']:.4f}  macro-AUC "
               f"{r['macro_auc'] if r['macro_auc'] is None else round(r['macro_auc'], 4)}")
         for c, pc in r["per_class"].items():
-            print(f"      {c:12s} precision {pc['precision']:.3f}  recall {pc['recall']:.3f}  "
-                  f"specificity {pc['specificity']:.3f}  F1 {pc['f1']:.3f}  n={pc['support']}")
+            print(f"      {c:12s} " + "  ".join(f"{k} {_num(pc[k])}" for k in ("precision", "recall", "specificity"))
+                  + f"  F1 {_num(pc['f1'])}  n={pc['support']}")
+
+
+def _num(x: float | None) -> str:
+    """Three decimals, or "n/a" for a metric undefined on this part (e.g. no scan of a class)."""
+    return "  n/a" if x is None else f"{x:.3f}"
 
 
 from ._api_module import make_callable  # noqa: E402

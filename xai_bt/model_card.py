@@ -6,7 +6,42 @@ from pathlib import Path
 from typing import Any
 
 
-_PART_NAMES = {"official": "all test scans", "leakage_free": "leakage-free test scans"}
+_PART_NAMES = {"official": "all test scans", "leakage_free": "leakage-free test scans (no twin learnt from)"}
+_TWIN_WORDS = {"identity": "as it is", "mirror_lr": "mirrored", "flip_ud": "flipped up-down", "rot180": "turned 180°"}
+
+
+def _twins(transforms: list[str] | None, threshold: Any) -> str:
+    """"r >= 0.99 as it is, mirrored, ..." for a recorded twin definition."""
+    return f"r >= {threshold}" + (", " + ", ".join(_TWIN_WORDS.get(t, t) for t in transforms) if transforms else "")
+
+
+def _validation_note(tr: dict[str, Any], tc: dict[str, Any], calibrated: bool) -> str:
+    """How validation was carved out, and whether that split can be trusted under today's twin definition."""
+    recorded = tr.get("twin_transforms")
+    if tc.get("split_csv"):
+        how = f"the split of `{tc['split_csv']}`"
+    elif recorded:
+        how = f"validation carved out by twin group at {_twins(recorded, tc.get('dedup_threshold'))}"
+    else:
+        how = f"validation carved out by near-duplicate group at r >= {tc.get('dedup_threshold')}"
+    if not recorded:
+        how += (", scans compared as they are only (mirrored twins were not caught then"
+                + ("; see the temperature line)" if calibrated else ")"))
+    return how
+
+
+def _calibration_note(config: dict[str, Any]) -> str:
+    """Where the temperature was fitted: how many validation scans, how many left out as twins."""
+    cal = config.get("calibration")
+    if not cal:
+        return ""
+    note = f" (fitted on {cal['n_val']} validation scans"
+    if cal.get("n_val_twins_left_out"):
+        note += (f"; {cal['n_val_twins_left_out']} more were left out because they have a twin, as they are "
+                 "or mirrored, among the training scans")
+    elif "n_val_twins_left_out" not in cal:
+        note += "; validation twins of training scans were not left out then"
+    return note + ")"
 
 
 def render_model_card(config: dict[str, Any]) -> str:
@@ -23,7 +58,7 @@ def render_model_card(config: dict[str, Any]) -> str:
     lines += [f"- **Preprocessing** (applied by every xai_bt path): `{json.dumps(config['preprocessing'])}`; "
               "input is grayscale in [0, 255], backbone scaling is inside the network",
               f"- **Last conv layer** (default CAM layer): `{config['last_conv_layer']}`",
-              f"- **Temperature** (calibration): {config.get('temperature', 1.0):.4g}",
+              f"- **Temperature** (calibration): {config.get('temperature', 1.0):.4g}{_calibration_note(config)}",
               f"- **Test-time augmentation**: {config.get('tta', 'none')}"
               + (" (logits averaged over the scan and its left-right mirror; heatmaps explain the "
                  "un-flipped pass)" if config.get("tta") == "hflip" else "")]
@@ -31,8 +66,7 @@ def render_model_card(config: dict[str, Any]) -> str:
         hw = tr.get("hardware", {})
         lines += ["", "## Training", "",
                   f"- **Data**: `{tc.get('data')}`; {tr.get('n_train')} training, {tr.get('n_val')} validation, "
-                  f"{tr.get('n_test')} test scans (split in `split.csv`; validation carved out by near-duplicate "
-                  f"group at r >= {tc.get('dedup_threshold')})",
+                  f"{tr.get('n_test')} test scans (split in `split.csv`; {_validation_note(tr, tc, bool(config.get('calibration')))})",
                   f"- **Command**: `{training_command(tc)}`",
                   f"- **Time**: {tr.get('seconds', 0) / 60:.1f} min on "
                   f"{'CPU only' if hw.get('accelerator', 'none') == 'none' else hw['accelerator']}, "
@@ -41,14 +75,19 @@ def render_model_card(config: dict[str, Any]) -> str:
                   f"under the `{tc.get('strategy', 'default')}` strategy",
                   f"- **Skipped files**: {len(tr.get('skipped_files', []))}"]
     for data, m in (config.get("metrics") or {}).items():
-        lines += ["", f"## Metrics on `{data}` ({m.get('test_set')})", "",
-                  "| test set | n | accuracy (95% CI) | macro-F1 | macro-AUC |", "|---|---|---|---|---|"]
+        lines += ["", f"## Metrics on `{data}` ({m.get('test_set')})", ""]
+        if m.get("twin_transforms"):
+            lines += [f"Leakage-free: the test scans with no twin ({_twins(m['twin_transforms'], m.get('dedup_threshold'))}) "
+                      f"among the {m.get('reference_scans')} scans the model learnt from (train and validation).", ""]
+        lines += ["| test set | n | n per class | accuracy (95% CI) | macro-F1 | macro-AUC |",
+                  "|---|---|---|---|---|---|"]
         for part in ("official", "leakage_free"):
             r = m.get(part)
             if r:
                 ci = r["accuracy_ci"]
                 auc = "n/a" if r.get("macro_auc") is None else f"{r['macro_auc']:.4f}"
-                lines.append(f"| {_PART_NAMES[part]} | {r['n']} | {r['accuracy']:.4f} "
+                per = " / ".join(f"{c} {pc['support']}" for c, pc in r["per_class"].items())
+                lines.append(f"| {_PART_NAMES[part]} | {r['n']} | {per} | {r['accuracy']:.4f} "
                              f"({ci['low']:.4f}-{ci['high']:.4f}) | {r['macro_f1']:.4f} | {auc} |")
         for part in ("official", "leakage_free"):
             r = m.get(part)
@@ -58,8 +97,9 @@ def render_model_card(config: dict[str, Any]) -> str:
                       "| class | precision | recall | specificity | F1 | AUC | n |", "|---|---|---|---|---|---|---|"]
             for c, pc in r["per_class"].items():
                 auc = "n/a" if pc.get("auc") is None else f"{pc['auc']:.4f}"
-                lines.append(f"| {c} | {pc['precision']:.4f} | {pc['recall']:.4f} | {pc['specificity']:.4f} | "
-                             f"{pc['f1']:.4f} | {auc} | {pc['support']} |")
+                cells = " | ".join("n/a" if pc[k] is None else f"{pc[k]:.4f}"
+                                   for k in ("precision", "recall", "specificity", "f1"))
+                lines.append(f"| {c} | {cells} | {auc} | {pc['support']} |")
         lines += ["", f"Reproduce: `python -m xai_bt evaluate {config.get('name')} --data {data}` "
                       "(from the bundle's parent folder, with the dataset at that path)."]
     return "\n".join(lines) + "\n"

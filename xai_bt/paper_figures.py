@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .dedup import TWIN_THRESHOLD
+from .dedup import TWIN_THRESHOLD, describe_twins
 
 PARTS = {"official": "official test split", "leakage_free": "leakage-free subset"}
 SETTINGS = ("raw", "calibrated")
@@ -421,10 +421,13 @@ def _readme(ev: ModelEvaluation, numbers: dict[str, Any], formats: Sequence[str]
     lines = [f"# Evaluation figures: `{ev.name}`", "",
              f"Model `{ev.bundle.path}` ({ev.bundle.kind}, `{ev.bundle.config.get('arch')}`), data "
              f"`{ev.results['data']}` ({ev.results['test_set']}). Leakage-free subset: test scans with no "
-             f"near-duplicate (thumbnail Pearson r >= {ev.results['dedup_threshold']}) or shared patient among "
+             f"twin ({describe_twins(ev.results['dedup_threshold'])}) or shared patient among "
              f"the {ev.results['reference_scans']} training/validation scans.",
              "",
-             f"Temperature T = {t:.4g}" + (f", fitted on {fit['n_val']} validation scans (validation NLL "
+             f"Temperature T = {t:.4g}" + (f", fitted on {fit['n_val']} validation scans"
+                                            + (f" ({fit['n_val_twins_left_out']} more left out as twins of "
+                                               "training scans)" if fit.get("n_val_twins_left_out") else "")
+                                            + " (validation NLL "
                                             f"{fit['before']['nll']:.4f} -> {fit['after']['nll']:.4f}, ECE "
                                             f"{fit['before']['ece']:.4f} -> {fit['after']['ece']:.4f})."
                                             if fit else " (not fitted)."),

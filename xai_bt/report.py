@@ -85,7 +85,8 @@ def model_html(summary: dict[str, Any]) -> str:
     body = "\n".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
     acc = _metrics_table(summary.get("metrics") or [])
     return (f'<section class="box" id="model">\n<h2>Model</h2>\n<table>\n{body}\n</table>\n{acc}\n'
-            "<p class=\"meta\">Leakage-free: test scans with no near-duplicate among the training scans. "
+            "<p class=\"meta\">Leakage-free: test scans with no twin (a near-copy as it is, mirrored or "
+            "flipped) among the scans the model learnt from. "
             "The full card is MODEL_CARD.md in the model folder.</p>\n</section>")
 
 

@@ -8,6 +8,7 @@ class-stratified splits; `audit` measures how much an existing split leaks.
 from __future__ import annotations
 
 import csv
+import os
 from collections import Counter
 from collections.abc import Sequence
 from itertools import combinations
@@ -32,8 +33,9 @@ from .sample import Sample
 SPLIT_COLUMNS = ("path", "label", "split", "group", "patient_id", "plane")
 #: Extra thresholds at which the audit counts test images with a twin in train.
 REPORT_THRESHOLDS = (0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
-#: Bin edges of the nearest-neighbour r histogram in the audit (r below the first edge counts in the first bin).
-HISTOGRAM_EDGES = tuple(round(0.8 + 0.01 * k, 2) for k in range(21))
+#: Bin edges of the nearest-neighbour r histogram in the audit (r below the first edge counts in the first
+#: bin): fine enough near 1 to show the valley between copies and distinct scans.
+HISTOGRAM_EDGES = tuple(round(0.9 + 0.005 * k, 3) for k in range(21))
 _TEST_NAMES = {"test", "testing"}
 _TRAIN_NAMES = {"train", "training"}
 
@@ -136,9 +138,10 @@ def split_training(samples: Sequence[Sample], val_fraction: float = 0.15, thresh
 
 
 def write_split_csv(path: str | Path, samples: Sequence[Sample], splits: Sequence[str], groups: Sequence[int],
-                    overwrite: bool = False) -> Path:
+                    overwrite: bool = False, root: str | Path | None = None) -> Path:
     """Write `path,label,split,group,patient_id,plane` rows; refuses to replace an existing file unless
-    `overwrite`, so a published split is not silently changed."""
+    `overwrite`, so a published split is not silently changed. With `root`, paths are written relative
+    to it (as in a bundle's split.csv), so the file can be shipped and used from anywhere."""
     path = Path(path)
     if len(splits) != len(samples) or len(groups) != len(samples):
         raise ValueError(f"{len(samples)} samples but {len(splits)} splits and {len(groups)} groups")
@@ -149,7 +152,8 @@ def write_split_csv(path: str | Path, samples: Sequence[Sample], splits: Sequenc
         w = csv.writer(fh)
         w.writerow(SPLIT_COLUMNS)
         for s, sp, g in zip(samples, splits, groups):
-            w.writerow([s.path, s.label or "", sp, int(g), s.patient_id or "", s.plane or ""])
+            where = Path(os.path.relpath(s.path, root)).as_posix() if root is not None else s.path
+            w.writerow([where, s.label or "", sp, int(g), s.patient_id or "", s.plane or ""])
     return path
 
 

@@ -83,12 +83,17 @@ def fit_bundle_temperature(bundle, logits: dict[str, np.ndarray], y: np.ndarray)
 
 
 # --------------------------------------------------------------------------------------------- data
-def validation_samples(bundle, data: str | os.PathLike) -> tuple[list, list[str]]:
-    """(validation scans found under ``data`` with labels from the dataset loader, relative paths missing).
+def validation_samples(bundle, data: str | os.PathLike, twin_free: bool = True) -> tuple[list, list[str], int]:
+    """(validation scans found under ``data`` with labels from the dataset loader, relative paths missing,
+    number left out as twins of training scans).
 
-    ``data`` is the training data root: split.csv paths are relative to it."""
+    ``data`` is the training data root: split.csv paths are relative to it. With ``twin_free`` (the
+    default) a validation scan with a twin (xai_bt.dedup: as it is, mirrored, flipped) among the bundle's
+    training rows is left out: a model trained with flips has in effect seen it, so it would make the
+    temperature and the TTA choice too confident. Bundles split since twins are mirror-aware lose none."""
     from .datasets import load_dataset
     from .evaluate import split_table
+    from .splits import leakage_free
 
     table = split_table(bundle)
     if not table:
@@ -104,7 +109,16 @@ def validation_samples(bundle, data: str | os.PathLike) -> tuple[list, list[str]
     if not found:
         raise ValueError(f"{data}: none of the {len(wanted)} validation scans of {bundle.path}/split.csv are "
                          f"there (e.g. {wanted[0]}); --data must be the model's training data root")
-    return found, missing
+    n_twins = 0
+    if twin_free:
+        train = [by_rel[rel] for rel, part in table.items() if part == "train" and rel in by_rel]
+        free = leakage_free(found, train)
+        n_twins = len(found) - sum(free)
+        found = [s for s, f in zip(found, free) if f]
+        if not found:
+            raise ValueError(f"{bundle.path}: every validation scan has a twin among its training scans; "
+                             "re-split the data (python -m xai_bt data audit ROOT --write-split)")
+    return found, missing, n_twins
 
 
 def _summary(report: dict[str, Any]) -> dict[str, float]:
@@ -113,15 +127,17 @@ def _summary(report: dict[str, Any]) -> dict[str, float]:
 
 # --------------------------------------------------------------------------------------------- main
 def calibrate_bundle(model, data: str | os.PathLike, overwrite: bool = False, batch_size: int = 64,
-                     n_bins: int = 15, tta: str | None = None) -> dict[str, Any]:
-    """Fit T on the bundle's validation rows, store ``temperature`` and ``calibration`` in bundle.json.
+                     n_bins: int = 15, tta: str | None = None, twin_free: bool = True) -> dict[str, Any]:
+    """Fit T on the bundle's validation rows (those with no twin among its training rows unless
+    ``twin_free`` is False), store ``temperature`` and ``calibration`` in bundle.json.
 
     ``tta`` ("none" or "hflip") sets the bundle's test-time augmentation first, so T is fitted on the
     logits the bundle will actually produce (the two are stored together).
 
     Refuses (:class:`CalibrationExists`) when the bundle already has a fitted temperature (a
     ``calibration`` record, or a temperature other than 1) unless ``overwrite``. Returns the record:
-    ``{"temperature", "method", "fitted_on", "data", "n_val", "n_missing", "n_unreadable", "n_bins",
+    ``{"temperature", "method", "fitted_on", "data", "n_val", "n_val_twins_left_out", "n_missing",
+    "n_unreadable", "n_bins",
     "before", "after"}`` where before/after hold accuracy, confidence, ECE, MCE, classwise ECE, Brier and
     NLL on the validation scans at T = 1 and at the fitted T.
     """
@@ -140,7 +156,7 @@ def calibrate_bundle(model, data: str | os.PathLike, overwrite: bool = False, ba
     if tta is not None:
         bundle.config["tta"] = tta
         bundle.tta  # validates the mode
-    samples, missing = validation_samples(bundle, data)
+    samples, missing, n_twins = validation_samples(bundle, data, twin_free)
     y = labels_for(bundle, samples)
     labelled = [i for i in range(len(samples)) if y[i] >= 0]
     samples, y = [samples[i] for i in labelled], y[labelled]
@@ -160,10 +176,12 @@ def calibrate_bundle(model, data: str | os.PathLike, overwrite: bool = False, ba
         "temperature": t,
         "method": "temperature scaling (Guo et al. 2017): T minimising the validation NLL"
                   + ("; one T shared by both cascade stages" if bundle.kind == "cascade" else ""),
-        "fitted_on": "rows with split 'val' in split.csv",
+        "fitted_on": "rows with split 'val' in split.csv" + (
+            ", without twins of its 'train' rows (as they are, mirrored, flipped: xai_bt.dedup)" if twin_free else ""),
         "tta": bundle.tta,
         "data": str(data),
         "n_val": int(len(y)),
+        "n_val_twins_left_out": int(n_twins),
         "n_missing": len(missing),
         "n_unreadable": len(bad),
         "n_bins": n_bins,
@@ -183,6 +201,8 @@ def format_record(record: dict[str, Any]) -> str:
     """Human-readable before/after lines of a calibration record."""
     b, a = record["before"], record["after"]
     lines = [f"temperature T = {record['temperature']:.4f}  (fitted on {record['n_val']} validation scans"
+             + (f"; {record['n_val_twins_left_out']} more left out as twins of training scans"
+                if record.get("n_val_twins_left_out") else "")
              + (f", {record['n_missing']} listed in split.csv not found" if record.get("n_missing") else "")
              + ")",
              f"  {'validation':12s} {'NLL':>8s} {'ECE':>8s} {'MCE':>8s} {'Brier':>8s} {'accuracy':>9s} "

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .dedup import TWIN_THRESHOLD
+from .dedup import TWIN_THRESHOLD, TWIN_TRANSFORMS
 from .preprocess import Preprocessing
 from .sample import CLASS_NAMES, PLANES, Sample
 
@@ -378,6 +378,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
         "training": {"config": {k: v for k, v in cfg.__dict__.items()}, "seconds": round(train_seconds, 1),
                      "hardware": hardware(), "n_train": len(idx["train"]), "n_val": len(idx["val"]),
                      "n_test": len(idx["test"]), "skipped_files": [str(e) for e in errors],
+                     "twin_transforms": list(TWIN_TRANSFORMS),
                      "replicas": strategy.num_replicas_in_sync if strategy is not None else 1},
     }
     if kind == "two_stage":

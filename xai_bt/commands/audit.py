@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="audit at most N scans (a seeded random subset)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--unseen-only", dest="unseen_only", action="store_true", default=True,
-                       help="only scans with no near-duplicate among the bundle's training rows (default)")
+                       help="only scans with no twin (as they are, mirrored, flipped) among the bundle's "
+                            "training rows (default)")
     which.add_argument("--all", dest="unseen_only", action="store_false",
                        help="every scan with a mask, including ones the model was trained on")
     p.add_argument("--train-data", help="where the bundle's training data is now (default: the recorded path)")

@@ -128,7 +128,8 @@ def _audit(args: argparse.Namespace) -> int:
 
         head = report["headline"]
         fig = plot_twin_histogram(head["histogram"], args.threshold,
-                                  title=f"{head['split']} scans: closest scan in {head['reference']}")
+                                  title=f"The {head['of']:,} {head['split']} scans: closest scan in {head['reference']} "
+                                        f"({head['n']:,} with a twin)")
         paths = save_figure(fig, args.plot, overwrite=True)  # checked before the audit ran
         print("histogram written to " + ", ".join(map(str, paths)))
     if args.json:
@@ -144,7 +145,8 @@ def _write_split(args: argparse.Namespace, samples: list, thumbs, digests) -> di
 
     groups = split_groups(samples, args.threshold, thumbs=thumbs)
     splits = make_split(samples, args.fractions, args.threshold, args.seed, groups=groups)
-    path = write_split_csv(args.write_split, samples, splits, groups, overwrite=args.overwrite)
+    root = args.roots[0] if len(args.roots) == 1 else None     # one dataset: paths relative to its root
+    path = write_split_csv(args.write_split, samples, splits, groups, overwrite=args.overwrite, root=root)
     relabelled = [dataclasses.replace(s, split=sp) for s, sp in zip(samples, splits)]
     check = audit(relabelled, args.threshold, 0, thumbs=thumbs, digests=digests)
     leaks = sum(a["pairs"] for a in check["across"])
@@ -172,12 +174,12 @@ def format_histogram(hist: dict[str, Any], width: int = 40) -> list[str]:
     """Text histogram of nearest-neighbour r, one row per bin: counts as it is and mirrored, with bars."""
     edges, keys = hist["edges"], [k for k in ("identity", "mirror_lr") if k in hist]
     top = max((max(hist[k]) for k in keys), default=1) or 1
-    rows = [f"  {'r':>11s}  {'as it is':>8s}  {'mirrored':>8s}"]
+    rows = [f"  {'r':>13s}  {'as it is':>8s}  {'mirrored':>8s}"]
     for b in range(len(edges) - 1):
-        lo = "< " if b == 0 else "  "
+        span = f"< {edges[1]:.3f}" if b == 0 else f"{edges[b]:.3f}-{edges[b + 1]:.3f}"
         cells = [hist[k][b] for k in keys]
         bars = "".join(ch * max(int(round(width * c / top)), int(c > 0)) for ch, c in zip("#=", cells))
-        rows.append(f"  {lo}{edges[b]:.2f}-{edges[b + 1]:.2f}  " + "  ".join(f"{c:8d}" for c in cells) + f"  {bars}")
+        rows.append(f"  {span:>13s}  " + "  ".join(f"{c:8d}" for c in cells) + f"  {bars}")
     return rows
 
 

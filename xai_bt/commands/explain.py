@@ -167,7 +167,7 @@ def check_layer(layer: str | None, bundle) -> None:
     """--layer must name a layer of the tumor network."""
     if layer is None:
         return
-    names = [l.name for l in bundle.model.layers]
+    names = [layer.name for layer in bundle.model.layers]
     if layer not in names:
         raise UsageError(f"unknown layer {layer!r}; the model's last conv layer is {bundle.last_conv_layer!r}")
 
