@@ -151,8 +151,9 @@ def test_documented_differences_from_quantus(quantus):
     pair = np.stack([np.zeros_like(maps[0]), maps[1]])
     pg = quantus.PointingGame(normalise=False, disable_warnings=True)(**_quantus_kwargs(pair, masks[:2]))
     assert pg[0] == 1 and np.isnan(focus.pointing_game(pair, masks[:2])[0])
-    # Ties at the rank cut (a ReLU-clipped CAM is mostly exact zeros): Quantus takes np.argsort's pick,
-    # which favours the top rows; ours averages over tied pixels, so the score ignores where the mask is.
+    # Ties at the rank cut (a ReLU-clipped CAM is mostly exact zeros): Quantus takes whichever tied pixels
+    # np.argsort puts first, an order numpy leaves undefined (it differs between CPUs' SIMD sorts), so only
+    # its range is asserted; ours averages over the tied pixels, so the score ignores where the mask is.
     h = np.zeros((2, 24, 24))
     h[:, 10:12, 10:12] = 1.0                        # hot spot outside both masks
     m = np.zeros((2, 24, 24), dtype=bool)
@@ -160,7 +161,7 @@ def test_documented_differences_from_quantus(quantus):
     m[1, 16:, :12] = True
     theirs = np.asarray(quantus.RelevanceRankAccuracy(disable_warnings=True)(**_quantus_kwargs(h, m)))
     ours = focus.relevance_rank_accuracy(h, m)
-    assert theirs[0] > 4 * theirs[1]
+    assert np.all((theirs >= 0) & (theirs <= 92 / 96 + 1e-9))  # any 92 of the tied zeros may be taken
     expected = (96 - 4) * 96 / (24 * 24 - 4) / 96  # 92 of the 572 tied zeros, 96 of which are in the mask
     np.testing.assert_allclose(ours, [expected, expected])
 
