@@ -424,10 +424,10 @@ def _readme(ev: ModelEvaluation, numbers: dict[str, Any], formats: Sequence[str]
              f"twin ({describe_twins(ev.results['dedup_threshold'])}) or shared patient among "
              f"the {ev.results['reference_scans']} training/validation scans.",
              "",
-             f"Temperature T = {t:.4g}" + (f", fitted on {fit['n_val']} validation scans"
-                                            + (f" ({fit['n_val_twins_left_out']} more left out as twins of "
-                                               "training scans)" if fit.get("n_val_twins_left_out") else "")
-                                            + " (validation NLL "
+             f"Temperature T = {t:.4g}" + (f", fitted on {fit['n_val']} validation scans ("
+                                            + (f"{fit['n_val_twins_left_out']} more left out as twins of "
+                                               "training scans; " if fit.get("n_val_twins_left_out") else "")
+                                            + "validation NLL "
                                             f"{fit['before']['nll']:.4f} -> {fit['after']['nll']:.4f}, ECE "
                                             f"{fit['before']['ece']:.4f} -> {fit['after']['ece']:.4f})."
                                             if fit else " (not fitted)."),
