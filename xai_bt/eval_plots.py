@@ -410,7 +410,7 @@ def plot_twin_histogram(hist: Mapping[str, Any], threshold: float | None = None,
     if log:
         ax.set_yscale("symlog", linthresh=1)
     ax.set_xlim(edges[0], edges[-1])
-    ax.set_xlabel(f"Pearson r of 32x32 thumbnails with the closest reference scan (r < {edges[0]:g} in the first bin)")
+    ax.set_xlabel(f"Pearson r of 32x32 thumbnails with the closest reference scan (r < {edges[1]:g} in the first bin)")
     ax.set_ylabel("test scans per bin" + (" (log scale)" if log else ""))
     ax.legend(loc="upper left")
     if title:
