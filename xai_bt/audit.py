@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .dedup import TWIN_THRESHOLD
+from .dedup import TWIN_THRESHOLD, describe_twins
 from .focus import LOCALISATION_SCORES, localisation_scores, summarise
 from .sample import ImageError, Sample
 from .shortcut import shortcut_scores
@@ -198,9 +198,9 @@ def select_unseen(bundle, samples: Sequence[Sample], train_data: str | None = No
                          f"{root}, e.g. {missing[0]}")
     thumbs = thumbnails(samples, progress=progress)
     ref = {part: thumbnails(r, progress=progress) for part, r in rows.items()}
-    unseen = np.array(leakage_free(samples, rows["train"], threshold, thumbs=thumbs, reference_thumbs=ref["train"]))
     sims = {part: (max_similarity(samples, r, thumbs=thumbs, reference_thumbs=ref[part]) if r
                    else np.full(len(samples), np.nan)) for part, r in rows.items()}
+    unseen = np.array(leakage_free(samples, rows["train"], threshold, similarity=sims["train"]))
     return Selection(unseen, sims["train"], sims["val"], len(rows["train"]), len(rows["val"]), root)
 
 
@@ -502,8 +502,6 @@ def _selection_counts(sel: Selection, threshold: float) -> dict[str, Any]:
 def unseen_definition(sel: Selection, threshold: float) -> str:
     """One paragraph saying exactly what "unseen" means for this audit."""
     twin_val = int(np.sum(sel.unseen & (sel.sim_val >= threshold)))
-    from .dedup import describe_twins
-
     return (f"Unseen = no twin ({describe_twins(threshold)}) and no shared patient among "
             f"the {sel.n_train_rows} scans of the bundle's split.csv marked 'train' (resolved under "
             f"{sel.train_root}), i.e. never used for a gradient update. These scans are not in training but "

@@ -106,7 +106,7 @@ def evaluate_bundle(model, data: str, threshold: float = TWIN_THRESHOLD, batch_s
     test, y = [test[i] for i in keep], y[keep]
     if trained:
         sims = max_similarity(test, trained)
-        free = np.array(leakage_free(test, trained, threshold=threshold))
+        free = np.array(leakage_free(test, trained, threshold=threshold, similarity=sims))
     else:
         sims, free = np.full(len(test), np.nan), np.ones(len(test), bool)
     names = list(bundle.class_names)

@@ -5,14 +5,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .dedup import describe_twins
+
 
 _PART_NAMES = {"official": "all test scans", "leakage_free": "leakage-free test scans (no twin learnt from)"}
-_TWIN_WORDS = {"identity": "as it is", "mirror_lr": "mirrored", "flip_ud": "flipped up-down", "rot180": "turned 180°"}
-
-
-def _twins(transforms: list[str] | None, threshold: Any) -> str:
-    """"r >= 0.99 as it is, mirrored, ..." for a recorded twin definition."""
-    return f"r >= {threshold}" + (", " + ", ".join(_TWIN_WORDS.get(t, t) for t in transforms) if transforms else "")
 
 
 def _validation_note(tr: dict[str, Any], tc: dict[str, Any], calibrated: bool) -> str:
@@ -21,7 +17,7 @@ def _validation_note(tr: dict[str, Any], tc: dict[str, Any], calibrated: bool) -
     if tc.get("split_csv"):
         how = f"the split of `{tc['split_csv']}`"
     elif recorded:
-        how = f"validation carved out by twin group at {_twins(recorded, tc.get('dedup_threshold'))}"
+        how = f"validation carved out by twin group ({describe_twins(tc.get('dedup_threshold'), recorded)})"
     else:
         how = f"validation carved out by near-duplicate group at r >= {tc.get('dedup_threshold')}"
     if not recorded:
@@ -77,7 +73,7 @@ def render_model_card(config: dict[str, Any]) -> str:
     for data, m in (config.get("metrics") or {}).items():
         lines += ["", f"## Metrics on `{data}` ({m.get('test_set')})", ""]
         if m.get("twin_transforms"):
-            lines += [f"Leakage-free: the test scans with no twin ({_twins(m['twin_transforms'], m.get('dedup_threshold'))}) "
+            lines += [f"Leakage-free: the test scans with no twin ({describe_twins(m.get('dedup_threshold'), m['twin_transforms'])}) "
                       f"among the {m.get('reference_scans')} scans the model learnt from (train and validation).", ""]
         lines += ["| test set | n | n per class | accuracy (95% CI) | macro-F1 | macro-AUC |",
                   "|---|---|---|---|---|---|"]

@@ -60,14 +60,17 @@ def max_similarity(samples: Sequence[Sample], reference: Sequence[Sample], *, th
 
 def leakage_free(samples: Sequence[Sample], reference: Sequence[Sample], threshold: float = TWIN_THRESHOLD, *,
                  thumbs: np.ndarray | None = None, reference_thumbs: np.ndarray | None = None,
-                 cache_dir: str | Path | None = None) -> list[bool]:
+                 cache_dir: str | Path | None = None, similarity: np.ndarray | None = None) -> list[bool]:
     """True for each sample with no twin (r >= threshold as it is, mirrored, flipped or turned) and no
-    shared patient id in `reference`.
+    shared patient id in `reference`. `similarity`: the samples' `max_similarity` to `reference` when the
+    caller already has it (it is not computed again).
 
     This defines the project's "leakage-free test set" (e.g. official Testing vs Training). Unreadable
     samples cannot be checked and are False."""
-    best = max_similarity(samples, reference, thumbs=thumbs, reference_thumbs=reference_thumbs,
-                          cache_dir=cache_dir)
+    best = similarity if similarity is not None else max_similarity(
+        samples, reference, thumbs=thumbs, reference_thumbs=reference_thumbs, cache_dir=cache_dir)
+    if len(best) != len(samples):
+        raise ValueError(f"{len(best)} similarities given for {len(samples)} samples")
     ref_patients = {s.patient_id for s in reference if s.patient_id}
     return [bool(r < threshold) and not (s.patient_id and s.patient_id in ref_patients)
             for s, r in zip(samples, best)]

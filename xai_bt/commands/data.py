@@ -17,8 +17,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..dedup import TRANSFORM_WORDS, TWIN_THRESHOLD
-from . import fail
+from ..dedup import TRANSFORM_WORDS
+from . import add_threshold, fail
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,9 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        description="Find near-duplicate images (Pearson r between 32x32 thumbnails) within and "
                                    "across splits, and optionally write a group-aware, class-stratified split.")
     p.add_argument("roots", nargs="+", metavar="ROOT", help="dataset folder(s), audited together")
-    p.add_argument("--threshold", type=float, default=TWIN_THRESHOLD,
-                   help=f"r at which two images count as twins (default {TWIN_THRESHOLD}, chosen from the measured "
-                        "nearest-neighbour distribution: audits/twins/README.md)")
+    add_threshold(p, "the audit and the written split")
     p.add_argument("--examples", type=int, default=10, help="example pairs and conflicts to show")
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     p.add_argument("--plot", metavar="STEM", help="write the nearest-neighbour r histogram as STEM.png and STEM.pdf")
