@@ -66,8 +66,8 @@ def explain(files: list[str], work: Path, batch_size: int) -> dict[str, float]:
 _NETWORK = """
 import json, sys, time
 import numpy as np
-from xai_bt import cams
-from xai_bt.bundle import default_model_path, load_model
+from xai_bt.attribution import cams
+from xai_bt.model.bundle import default_model_path, load_model
 files = sys.argv[1:]
 b = load_model(default_model_path())
 x = b.prepare(files).astype(np.float32)

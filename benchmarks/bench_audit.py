@@ -23,7 +23,7 @@ DATA = ROOT.parent / "shared" / "data"
 
 
 def main() -> None:
-    from xai_bt.audit import run_audit
+    from xai_bt.audit.runner import run_audit
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(ROOT / "models" / "default"))

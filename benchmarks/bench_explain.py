@@ -32,9 +32,9 @@ COSTLY = {"scorecam": 2, "smoothgrad": 8, "integrated_gradients": 8, "occlusion"
 def load(model_path: Path):
     """(keras network, prepared scans (32, S, S, 1), CAM layer, description) from the bundle, or a random-init
     EfficientNet-Lite0 at 160 px fed the sample scans."""
-    from xai_bt.bundle import load_model
-    from xai_bt.imageio import read_image
-    from xai_bt.preprocess import Preprocessing
+    from xai_bt.model.bundle import load_model
+    from xai_bt.data.decode import read_image
+    from xai_bt.model.preprocessing import Preprocessing
 
     files = sorted(SAMPLES.glob("*.jpg"))
     if (model_path / "bundle.json").is_file():
@@ -46,7 +46,7 @@ def load(model_path: Path):
         what = f"`{shown}` ({bundle.config.get('arch', net.name)}, {bundle.preprocessing.image_size} px, " \
                f"layer `{layer}`)"
     else:
-        from xai_bt.architectures import build
+        from xai_bt.model.architectures import build
 
         arch = build("efficientnet_lite0", 160, 4)
         net, layer = arch.model, arch.last_conv_layer
@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> str:
 
     import tensorflow as tf
 
-    from xai_bt import cams
-    from xai_bt.explain import METHODS, explain_batch
-    from xai_bt.gradients import scores
+    from xai_bt.attribution import cams
+    from xai_bt.attribution.explain import METHODS, explain_batch
+    from xai_bt.attribution.gradients import scores
 
     load_start = os.getloadavg()[0]
     net, x, layer, what = load(args.model)

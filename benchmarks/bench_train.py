@@ -26,10 +26,10 @@ TRAIN_SCANS = 4851  # training part of the default model's split
 def main() -> None:
     import keras
 
-    from xai_bt import architectures
-    from xai_bt.datasets import load_dataset, sample_image
-    from xai_bt.preprocess import Preprocessing
-    from xai_bt.train import training_model
+    from xai_bt.model import architectures
+    from xai_bt.data.datasets import load_dataset, sample_image
+    from xai_bt.model.preprocessing import Preprocessing
+    from xai_bt.model.training import training_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=160)

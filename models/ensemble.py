@@ -4,7 +4,7 @@ leakage-free, beside each member's.
 
     python models/ensemble.py models/default models/two_stage models/cascade --data ../shared/data/brain-tumor-mri
 
-Each member runs `xai_bt.evaluate.evaluate_bundle` (its own preprocessing, test-time augmentation and
+Each member runs `xai_bt.evaluation.evaluate.evaluate_bundle` (its own preprocessing, test-time augmentation and
 temperature); the members must share the test split and the leakage-free flags, which they do when they
 were trained on one split (`--split models/default/split.csv`).
 """
@@ -19,8 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xai_bt.evaluate import evaluate_bundle  # noqa: E402
-from xai_bt.metrics import accuracy_ci, classification_report_dict  # noqa: E402
+from xai_bt.evaluation.evaluate import evaluate_bundle  # noqa: E402
+from xai_bt.evaluation.metrics import accuracy_ci, classification_report_dict  # noqa: E402
 
 
 def member(path: str, data: str) -> dict:

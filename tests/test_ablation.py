@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from xai_bt.ablation import derangement, plot_view_ablation, replacement_vectors, view_ablation
-from xai_bt.sample import CLASS_NAMES, PLANES
+from xai_bt.evaluation.view_ablation import derangement, plot_view_ablation, replacement_vectors, view_ablation
+from xai_bt.data.sample import CLASS_NAMES, PLANES
 
 from conftest import SAMPLES
 
@@ -15,9 +15,9 @@ def two_stage(tmp_path_factory):
     """Random-init plane_cnn view network + xai_cnn tumor network whose head reads only the view vector."""
     import keras
 
-    from xai_bt import architectures
-    from xai_bt.bundle import load_model, save_bundle
-    from xai_bt.preprocess import Preprocessing
+    from xai_bt.model import architectures
+    from xai_bt.model.bundle import load_model, save_bundle
+    from xai_bt.model.preprocessing import Preprocessing
 
     keras.utils.set_random_seed(0)
     view = architectures.view_classifier("plane_cnn", SIZE).model

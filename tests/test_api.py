@@ -1,5 +1,7 @@
 """The flat public API stays callable however its submodules were imported."""
 import importlib
+import pkgutil
+import types
 
 import numpy as np
 
@@ -13,11 +15,14 @@ def test_flat_api_names_resolve():
         assert getattr(xai_bt, name) is not None
 
 
-def test_explain_train_evaluate_stay_callable_after_submodule_import():
-    """Importing xai_bt.explain binds the package attribute to the module; calls must still work."""
-    for name in ("explain", "train", "evaluate"):
-        importlib.import_module(f"xai_bt.{name}")
+def test_api_functions_stay_callable_after_every_submodule_import():
+    """No module sits where an API function is: importing every submodule leaves the flat API callable."""
+    for info in pkgutil.walk_packages(xai_bt.__path__, "xai_bt."):
+        if info.name != "xai_bt.__main__":
+            importlib.import_module(info.name)
+    for name in ("explain", "train", "evaluate", "predict", "load_model", "load_dataset", "build_model"):
         assert callable(getattr(xai_bt, name)), name
+    assert not any(isinstance(getattr(xai_bt, n), types.ModuleType) for n in xai_bt.__all__)
 
 
 def test_explain_called_twice_through_the_package():

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xai_bt import archive
+from xai_bt.io import batches as archive
 
 from conftest import BENCHMARK, FOLDERS
 
@@ -39,7 +39,7 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
 def test_atomic_write_survives_kill_9_and_the_sweep_removes_the_leftover(tmp_path):
     target = tmp_path / "result.json"
     archive.write_atomic(target, b'{"old": true}')
-    code = ("import sys, time; from xai_bt import archive\n"
+    code = ("import sys, time; from xai_bt.io import batches as archive\n"
             "def slow(fh):\n"
             "    fh.write(b'{\"new\": '); fh.flush(); print('writing', flush=True); time.sleep(60)\n"
             f"archive.write_atomic({str(target)!r}, slow)\n")

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from xai_bt import cli
-from xai_bt.audit import cascade_layers, score_maps, summarise_scores
-from xai_bt.sample import CLASS_NAMES
+from xai_bt.audit.runner import cascade_layers, score_maps, summarise_scores
+from xai_bt.data.sample import CLASS_NAMES
 
 from conftest import DATA
 
-pytest.importorskip("xai_bt.explain")
+pytest.importorskip("tensorflow")
 BRISC = DATA / "brisc2025"
 SIZE = 64
 PER_CLASS = 2  # scans per tumor class
@@ -46,9 +46,9 @@ def bundle_path(tmp_path_factory, brisc):
     BRISC scan and validated on a copy of the second (under a separate training data folder)."""
     import keras
 
-    from xai_bt import architectures
-    from xai_bt.bundle import save_bundle
-    from xai_bt.preprocess import Preprocessing
+    from xai_bt.model import architectures
+    from xai_bt.model.bundle import save_bundle
+    from xai_bt.model.preprocessing import Preprocessing
 
     keras.utils.set_random_seed(0)
     arch = architectures.build("xai_cnn", SIZE, 4)
@@ -143,8 +143,8 @@ def test_cascade_layers_group_blocks():
 def test_mask_sources_folder_csv_and_boxes(tmp_path):
     from PIL import Image
 
-    from xai_bt.audit import mask_sources
-    from xai_bt.sample import Sample
+    from xai_bt.audit.runner import mask_sources
+    from xai_bt.data.sample import Sample
 
     gray = np.zeros((40, 50), np.uint8)
     data = tmp_path / "data"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from xai_bt import cli
-from xai_bt.bundle import BundleError, combine_cascade, load_model
-from xai_bt.train import TrainConfig, train
+from xai_bt.model.bundle import BundleError, combine_cascade, load_model
+from xai_bt.model.training import TrainConfig, train
 
 from conftest import BENCHMARK, SAMPLES
 
@@ -42,7 +42,7 @@ def test_save_load_predict_identical(single):
     assert np.array_equal(pa.probabilities, pb.probabilities)
     assert pa.probabilities.shape == (4, 4) and np.allclose(pa.probabilities.sum(1), 1)
     # arrays and paths give the same answer: one preprocessing for every input
-    from xai_bt.imageio import read_image
+    from xai_bt.data.decode import read_image
     pc = a.predict([read_image(f) for f in files])
     assert np.allclose(pa.probabilities, pc.probabilities, atol=1e-6)
 
@@ -58,7 +58,7 @@ def test_refuses_to_overwrite_and_resumes(single, tiny_benchmark):
 
 
 def test_evaluate_reports_official_and_leakage_free(single, tiny_benchmark, tmp_path):
-    from xai_bt.evaluate import evaluate_bundle
+    from xai_bt.evaluation.evaluate import evaluate_bundle
 
     res = evaluate_bundle(single, str(tiny_benchmark), out=str(tmp_path / "ev"))
     assert res["official"]["n"] == 12 and 0 <= res["leakage_free"]["n"] <= 12
@@ -72,7 +72,7 @@ def test_evaluate_leakage_free_part_excludes_exactly_the_twins(single, tiny_benc
     model saw: the leakage-free part is exactly the unseen ones, and every copy is reported as a twin."""
     from PIL import Image
 
-    from xai_bt.evaluate import evaluate_bundle
+    from xai_bt.evaluation.evaluate import evaluate_bundle
 
     data = tmp_path / "constructed"          # another dataset: its Testing folder is the test split
     shutil.copytree(tiny_benchmark / "Training", data / "Training")
@@ -84,8 +84,8 @@ def test_evaluate_leakage_free_part_excludes_exactly_the_twins(single, tiny_benc
         Image.fromarray(np.ascontiguousarray(f(np.asarray(Image.open(src).convert("L"))))).save(
             data / "Testing" / "glioma" / f"{name}.png")
     unseen = []                                  # real test scans; kept only if no twin of any kind in Training
-    from xai_bt.dedup import TWIN_THRESHOLD, best_matches, thumbnails
-    from xai_bt.sample import Sample
+    from xai_bt.data.twins import TWIN_THRESHOLD, best_matches, thumbnails
+    from xai_bt.data.sample import Sample
     candidates = sorted((BENCHMARK / "Testing" / "pituitary").glob("*.jpg"))[:40]
     ref = thumbnails([Sample(path=str(p)) for p in sorted((data / "Training").rglob("*.jpg"))])
     r = best_matches(thumbnails([Sample(path=str(p)) for p in candidates]), ref)[0]
@@ -126,8 +126,8 @@ def test_cascade_and_two_stage(tiny_benchmark, tmp_path, single):
     view = train(_cfg(view_data, tmp_path / "view", task="view", arch="plane_cnn"))
     parts = {line.rsplit(",", 1)[1] for line in (view / "split.csv").read_text().splitlines()[1:]}
     assert parts == {"train", "val", "test"}  # BRISC's train-only copy still gets a held-out test split
-    from xai_bt.train import init_from_bundle
-    from xai_bt import architectures
+    from xai_bt.model.training import init_from_bundle
+    from xai_bt.model import architectures
     fresh = architectures.build("xai_cnn", 48, 4, extra_input=True).model
     assert init_from_bundle(fresh, str(single)) >= 10  # every backbone layer, not the new head
     stem = load_model(single).model.get_layer("stem_conv").get_weights()[0]
@@ -178,7 +178,7 @@ def test_predict_cli_goes_on_past_bad_files(single, tmp_path, capsys):
 
 def test_split_table_reads_a_bundles_split_csv(tmp_path):
     """`train --split models/X/split.csv` reuses another model's split: its paths are relative to the data root."""
-    from xai_bt.train import read_split_table
+    from xai_bt.model.training import read_split_table
 
     root = tmp_path / "data"
     (root / "Training" / "glioma").mkdir(parents=True)

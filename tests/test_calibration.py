@@ -8,7 +8,7 @@ import pytest
 from scipy.special import softmax
 from sklearn.metrics import log_loss
 
-from xai_bt import calibration as cal
+from xai_bt.evaluation import calibration as cal
 
 
 def sample_labels(p: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""xai_bt.datasets: every layout on real files (counts from data/README.md) and on small fakes built here."""
+"""xai_bt.data.datasets: every layout on real files (counts from data/README.md) and on small fakes built here."""
 from __future__ import annotations
 
 import os
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xai_bt.datasets import (FIGSHARE_LABELS, detect_layout, load_benchmark, load_brisc, load_class_folders,
+from xai_bt.data.datasets import (FIGSHARE_LABELS, detect_layout, load_benchmark, load_brisc, load_class_folders,
                              load_dataset, load_figshare, sample_image, sample_mask, summarise,
                              write_figshare_mat)
-from xai_bt.imageio import read_image, rescale_to_uint8
-from xai_bt.sample import CLASS_NAMES, ImageError, Sample
+from xai_bt.data.decode import read_image, rescale_to_uint8
+from xai_bt.data.sample import CLASS_NAMES, ImageError, Sample
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BENCH = DATA / "brain-tumor-mri"

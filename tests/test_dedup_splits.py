@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xai_bt import dedup
-from xai_bt.commands import data as data_cmd
-from xai_bt.dedup import (best_matches, exact_duplicate_groups, fingerprints, near_duplicate_groups, similar_pairs,
+from xai_bt.data import twins as dedup
+from xai_bt.cli import data as data_cmd
+from xai_bt.data.twins import (best_matches, exact_duplicate_groups, fingerprints, near_duplicate_groups, similar_pairs,
                           thumbnail, thumbnails)
-from xai_bt.sample import CLASS_NAMES, Sample
-from xai_bt.splits import (audit, leakage_free, make_split, max_similarity, read_split_csv, split_groups,
+from xai_bt.data.sample import CLASS_NAMES, Sample
+from xai_bt.data.splits import (audit, leakage_free, make_split, max_similarity, read_split_csv, split_groups,
                            split_training, write_split_csv)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -193,12 +193,12 @@ def test_fingerprints_cache_bad_files_and_byte_duplicates(tmp_path, monkeypatch)
     assert exact_duplicate_groups(digests) == [[0, 1]]
     assert len(list(cache.rglob("*.bin"))) == 2     # the two readable files; never the broken or in-memory one
 
-    import xai_bt.datasets
+    import xai_bt.data.datasets
 
     def no_decoding(sample):
         raise AssertionError(f"{sample.path} decoded although cached")
     with monkeypatch.context() as m:
-        m.setattr(xai_bt.datasets, "sample_image", no_decoding)
+        m.setattr(xai_bt.data.datasets, "sample_image", no_decoding)
         again, digests2 = fingerprints(samples[:2], cache_dir=cache)
     assert np.array_equal(again, thumbs[:2]) and digests2 == digests[:2]
 
@@ -327,7 +327,7 @@ def test_cli_summary_audit_and_split(tmp_path, capsys, monkeypatch):
 # ------------------------------------------------------------------------------------- the real benchmark
 @pytest.mark.skipif(not BENCHMARK.is_dir(), reason="shared benchmark data not present")
 def test_real_benchmark_official_split_leaks():
-    from xai_bt.datasets import load_dataset
+    from xai_bt.data.datasets import load_dataset
 
     samples = load_dataset(BENCHMARK)           # thumbnails cached in ~/.cache/xai_bt (or $XAI_BT_CACHE)
     report = audit(samples, threshold=0.99)

@@ -44,10 +44,10 @@ def test_model_built_under_jax_loads_under_tensorflow(tmp_path):
     pytest.importorskip("jax")
     r = _run(f"""
         import numpy as np
-        from xai_bt import architectures
-        from xai_bt.bundle import save_bundle
-        from xai_bt.preprocess import Preprocessing
-        from xai_bt.sample import CLASS_NAMES, PLANES
+        from xai_bt.model import architectures
+        from xai_bt.model.bundle import save_bundle
+        from xai_bt.model.preprocessing import Preprocessing
+        from xai_bt.data.sample import CLASS_NAMES, PLANES
         view = architectures.view_classifier("plane_cnn", 32).model
         tumor = architectures.build("efficientnet_lite0", 32, 4, extra_input=True)
         save_bundle("{tmp_path / 'jax_bundle'}", "two_stage", {{"view": view, "model": tumor.model}}, CLASS_NAMES,

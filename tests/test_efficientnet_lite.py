@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import pytest
 
-from xai_bt import efficientnet_lite as lite
+from xai_bt.model import efficientnet_lite as lite
 
 _CALLS: list[str] = []
 

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from xai_bt import cli
-from xai_bt.commands.explain import parse_formats, resolve_target, unique_stems, UsageError
-from xai_bt.sample import CLASS_NAMES
+from xai_bt.cli.explain import parse_formats, resolve_target, unique_stems, UsageError
+from xai_bt.data.sample import CLASS_NAMES
 
 from conftest import SAMPLES
 
-pytest.importorskip("xai_bt.explain")
+pytest.importorskip("tensorflow")
 SIZE = 64
 
 
@@ -21,9 +21,9 @@ def bundle_path(tmp_path_factory):
     """A 64-px xai_cnn with random weights, saved as a single-model bundle."""
     import keras
 
-    from xai_bt import architectures
-    from xai_bt.bundle import save_bundle
-    from xai_bt.preprocess import Preprocessing
+    from xai_bt.model import architectures
+    from xai_bt.model.bundle import save_bundle
+    from xai_bt.model.preprocessing import Preprocessing
 
     keras.utils.set_random_seed(0)
     arch = architectures.build("xai_cnn", SIZE, 4)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from xai_bt import faithfulness, sanity
+from xai_bt.audit import faithfulness
+from xai_bt.audit import randomisation as sanity
 
 S = 16
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from xai_bt import cli
-from xai_bt.sample import CLASS_NAMES
+from xai_bt.data.sample import CLASS_NAMES
 
 from conftest import FOLDERS, copy_benchmark_subset
 
@@ -21,9 +21,9 @@ def setup(tmp_path_factory):
     baseline CNN bundle whose split.csv puts 3 training scans per class in validation."""
     import keras
 
-    from xai_bt import architectures
-    from xai_bt.bundle import save_bundle
-    from xai_bt.preprocess import Preprocessing
+    from xai_bt.model import architectures
+    from xai_bt.model.bundle import save_bundle
+    from xai_bt.model.preprocessing import Preprocessing
 
     root = tmp_path_factory.mktemp("data") / "brain-tumor-mri"
     copy_benchmark_subset(root, N_TRAIN, N_TEST)
@@ -53,9 +53,9 @@ def setup(tmp_path_factory):
 
 
 def test_calibrate_then_figures(setup, tmp_path, capsys):
-    from xai_bt.bundle import load_model
-    from xai_bt.calibration import nll
-    from xai_bt.temperature import probabilities_at, raw_logits, validation_samples
+    from xai_bt.model.bundle import load_model
+    from xai_bt.evaluation.calibration import nll
+    from xai_bt.model.calibrate import probabilities_at, raw_logits, validation_samples
 
     path, root = setup
     t0 = time.time()
@@ -180,7 +180,7 @@ def test_bad_requests(setup, tmp_path, capsys):
 
 
 def test_output_names_are_unique(tmp_path):
-    from xai_bt.paper_figures import output_names, parse_formats
+    from xai_bt.evaluation.paper import output_names, parse_formats
 
     a, b = tmp_path / "x" / "default", tmp_path / "y" / "default"
     assert output_names([a, b, tmp_path / "cnn"]) == ["default", "default_2", "cnn"]
@@ -191,8 +191,8 @@ def test_cascade_shares_one_temperature():
     """For a cascade, the fitted T minimises the NLL of the combined probabilities with both stages scaled."""
     from types import SimpleNamespace
 
-    from xai_bt.calibration import nll
-    from xai_bt.temperature import fit_bundle_temperature, probabilities_at
+    from xai_bt.evaluation.calibration import nll
+    from xai_bt.model.calibrate import fit_bundle_temperature, probabilities_at
 
     rng = np.random.default_rng(0)
     n = 400
@@ -219,7 +219,7 @@ def test_calibrate_with_hflip_tta(setup, tmp_path, capsys):
     the scan and its mirror, and the temperature fit saw those same averaged logits."""
     import shutil
 
-    from xai_bt.bundle import load_model
+    from xai_bt.model.bundle import load_model
 
     src, root = setup
     path = tmp_path / "tta"

@@ -6,7 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from xai_bt import boxes, focus, shortcut
+from xai_bt.data import boxes
+from xai_bt.audit import localisation as focus
+from xai_bt.audit import shortcut
 
 S = 40
 

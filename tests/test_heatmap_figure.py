@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from matplotlib.contour import ContourSet
 
-from xai_bt.explanation import Explanation
-from xai_bt.heatmap_figure import (output_paths, peak, plot_explanation, save_explanation, scan_geometry,
+from xai_bt.attribution.result import Explanation
+from xai_bt.plots.explanation import (output_paths, peak, plot_explanation, save_explanation, scan_geometry,
                                    to_original_fraction, top_region)
-from xai_bt.preprocess import Preprocessing
-from xai_bt.sample import CLASS_NAMES, PLANES
+from xai_bt.model.preprocessing import Preprocessing
+from xai_bt.data.sample import CLASS_NAMES, PLANES
 
 matplotlib.use("Agg")
 S = 64

@@ -1,4 +1,4 @@
-"""xai_bt.imageio: every supported encoding decodes to the right gray pixels; every bad file fails clearly."""
+"""xai_bt.data.decode: every supported encoding decodes to the right gray pixels; every bad file fails clearly."""
 from __future__ import annotations
 
 import os
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xai_bt.imageio import (SUPPORTED_SUFFIXES, iter_image_files, read_image, read_mask, rescale_to_uint8,
+from xai_bt.data.decode import (SUPPORTED_SUFFIXES, iter_image_files, read_image, read_mask, rescale_to_uint8,
                             resize_mask)
-from xai_bt.sample import ImageError
+from xai_bt.data.sample import ImageError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BENCH = DATA / "brain-tumor-mri"
@@ -321,7 +321,7 @@ def test_rescale_to_uint8_edge_cases():
 
 
 def test_import_does_not_pull_in_tensorflow():
-    code = ("import sys, xai_bt.imageio, xai_bt.datasets; "
+    code = ("import sys, xai_bt.data.decode, xai_bt.data.datasets; "
             "bad = [m for m in ('tensorflow', 'keras', 'pydicom', 'h5py') if m in sys.modules]; "
             "sys.exit(', '.join(bad) or None)")
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],

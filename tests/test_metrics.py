@@ -24,7 +24,9 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from xai_bt import eval_plots, metrics, style
+from xai_bt.plots import evaluation as eval_plots
+from xai_bt.evaluation import metrics
+from xai_bt.plots import style
 
 NAMES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 REPO = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from xai_bt.preprocess import Preprocessing, head_bounding_box
+from xai_bt.model.preprocessing import Preprocessing, head_bounding_box
 
 
 def _head(h=200, w=300):

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xai_bt.dedup import similar_pairs, thumbnails
-from xai_bt.sample import Sample
-from xai_bt.splits import read_split_csv
+from xai_bt.data.twins import similar_pairs, thumbnails
+from xai_bt.data.sample import Sample
+from xai_bt.data.splits import read_split_csv
 
 from conftest import BENCHMARK
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from xai_bt import cli
-from xai_bt.report import render_report
-from xai_bt.review import HEATMAP_NOTES
+from xai_bt.review.html import render_report
+from xai_bt.review.case import HEATMAP_NOTES
 
 from conftest import SAMPLES
 
@@ -20,7 +20,7 @@ VIEW = REPO / "models" / "view"
 
 @pytest.fixture(scope="module")
 def bundle():
-    from xai_bt.bundle import load_model
+    from xai_bt.model.bundle import load_model
 
     return load_model(DEFAULT)
 
@@ -126,7 +126,7 @@ def test_names_from_outside_are_escaped():
 
 def test_review_scan_from_bytes(bundle):
     """The builder `serve` uses: bytes in, the same prediction as from the path."""
-    from xai_bt.review import review_scan
+    from xai_bt.review.case import review_scan
 
     data = (SAMPLES / "no_tumor.jpg").read_bytes()
     case = review_scan(bundle, data, name="upload.jpg", methods=["gradcam"])

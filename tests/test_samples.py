@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xai_bt.datasets import load_dataset, sample_image
-from xai_bt.dedup import best_matches, thumbnail, thumbnails
-from xai_bt.imageio import read_image
-from xai_bt.sample import CLASS_NAMES, Sample
+from xai_bt.data.datasets import load_dataset, sample_image
+from xai_bt.data.twins import best_matches, thumbnail, thumbnails
+from xai_bt.data.decode import read_image
+from xai_bt.data.sample import CLASS_NAMES, Sample
 
 from conftest import BENCHMARK, DATA, SAMPLES
 
@@ -33,7 +33,7 @@ def test_each_class_has_one_sample_with_a_documented_source():
 
 @pytest.mark.skipif(not BENCHMARK.is_dir(), reason="shared benchmark data not present")
 def test_samples_are_their_sources_and_have_no_twin_among_training_scans():
-    from xai_bt.dedup import TWIN_THRESHOLD
+    from xai_bt.data.twins import TWIN_THRESHOLD
 
     sources = _sources()
     for name, src in sources.items():      # the shipped file is the documented test scan, pixel for pixel
@@ -54,7 +54,7 @@ def test_samples_are_their_sources_and_have_no_twin_among_training_scans():
 @pytest.mark.skipif(not BENCHMARK.is_dir(), reason="shared benchmark data not present")
 def test_the_check_would_catch_a_mirrored_sample():
     """The test above can fail: a mirrored training scan, shipped as a sample, is caught."""
-    from xai_bt.dedup import TWIN_THRESHOLD
+    from xai_bt.data.twins import TWIN_THRESHOLD
 
     train = Sample(path=str(BENCHMARK / "Training" / "meningioma" / "Tr-me_0689.jpg"))
     mirrored = np.ascontiguousarray(np.fliplr(sample_image(train)))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from xai_bt.serve import MAX_UPLOAD_BYTES, RequestError, make_app, make_server, parse_multipart, safe_stem
+from xai_bt.review.server import MAX_UPLOAD_BYTES, RequestError, make_app, make_server, parse_multipart, safe_stem
 
 from conftest import SAMPLES
 
@@ -38,7 +38,7 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def predicted():
     """What the default model predicts (calibrated) for the shipped meningioma sample."""
-    from xai_bt.bundle import load_model
+    from xai_bt.model.bundle import load_model
 
     return load_model(MODELS / "default").predict(str(SAMPLES / "meningioma.jpg")).labels[0]
 
@@ -112,7 +112,7 @@ def test_upload_a_good_scan(server, predicted):
 
 def test_upload_a_dicom_scan(server, predicted):
     """A 16-bit DICOM without a file suffix, made from the meningioma sample: read by content, same class."""
-    from xai_bt.imageio import read_image
+    from xai_bt.data.decode import read_image
 
     gray = read_image(SAMPLES / "meningioma.jpg")
     status, page = upload(server, "IM0001", _dicom(gray.astype("uint16") * 16))

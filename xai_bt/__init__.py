@@ -14,16 +14,16 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "load_model": "bundle", "Bundle": "bundle", "Prediction": "bundle", "default_model_path": "bundle",
-    "save_bundle": "bundle",
-    "Preprocessing": "preprocess",
-    "read_image": "imageio", "read_mask": "imageio",
-    "load_dataset": "datasets",
-    "Sample": "sample", "ImageError": "sample", "CLASS_NAMES": "sample", "PLANES": "sample",
-    "build_model": ("architectures", "build"), "ARCHITECTURES": "architectures",
-    "train": "train", "TrainConfig": "train",
-    "evaluate": ("evaluate", "evaluate_bundle"),
-    "explain": "explain", "METHODS": "explain",
+    "load_model": "model.bundle", "Bundle": "model.bundle", "Prediction": "model.bundle",
+    "default_model_path": "model.bundle", "save_bundle": "model.bundle",
+    "Preprocessing": "model.preprocessing",
+    "read_image": "data.decode", "read_mask": "data.decode",
+    "load_dataset": "data.datasets",
+    "Sample": "data.sample", "ImageError": "data.sample", "CLASS_NAMES": "data.sample", "PLANES": "data.sample",
+    "build_model": ("model.architectures", "build"), "ARCHITECTURES": "model.architectures",
+    "train": ("model.training", "train"), "TrainConfig": "model.training",
+    "evaluate": ("evaluation.evaluate", "evaluate_bundle"),
+    "explain": ("attribution.explain", "explain"), "METHODS": "attribution.explain",
 }
 
 __all__ = sorted(_API) + ["predict", "__version__"]
@@ -39,7 +39,7 @@ def __getattr__(name: str) -> Any:
 
 def predict(model, images, batch_size: int = 64, calibrated: bool = True):
     """Class probabilities for paths or arrays with a loaded bundle (or a bundle path)."""
-    from .bundle import Bundle, load_model
+    from xai_bt.model.bundle import Bundle, load_model
 
     bundle = model if isinstance(model, Bundle) else load_model(model)
     return bundle.predict(images, batch_size=batch_size, calibrated=calibrated)

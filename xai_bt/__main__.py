@@ -1,6 +1,6 @@
 """`python -m xai_bt <command>`."""
 import sys
 
-from .cli import main
+from xai_bt.cli import main
 
 sys.exit(main())

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from xai_bt.datasets import load_dataset, sample_image
-from xai_bt.dedup import TWIN_THRESHOLD, TWIN_TRANSFORMS, thumbnails
+from xai_bt.data.datasets import load_dataset, sample_image
+from xai_bt.data.twins import TWIN_THRESHOLD, TWIN_TRANSFORMS, thumbnails
 
 HERE = Path(__file__).resolve().parent
 SIZE = 32
@@ -149,9 +149,9 @@ def measure(name: str, query, reference, within: bool, crops: bool) -> dict:
 def histogram(results: dict, out: Path) -> dict:
     """Nearest-neighbour r (as it is, mirrored, any twin transform) of benchmark test scans against
     Training, in bins of 0.005: the evidence for the threshold. Drawn by the data audit's own plot."""
-    from xai_bt.eval_plots import plot_twin_histogram
-    from xai_bt.splits import histogram as counts
-    from xai_bt.style import save_figure
+    from xai_bt.plots.evaluation import plot_twin_histogram
+    from xai_bt.data.splits import histogram as counts
+    from xai_bt.plots.style import save_figure
 
     nn = results["benchmark_test_vs_training"]["_nn"]
     edges = [round(0.8 + 0.005 * k, 3) for k in range(41)]

@@ -1,6 +1,6 @@
 """Choose the shipped sample scans (xai_bt/samples/) by a rule, not by eye or by the model's answer.
 
-One official test scan per class with no twin of any kind (xai_bt.dedup: as it is, mirrored, flipped,
+One official test scan per class with no twin of any kind (xai_bt.data.twins: as it is, mirrored, flipped,
 turned) among the scans models/default learnt from (its split.csv train and val rows) nor among the
 BRISC 2025 scans the view models learnt from; of those, the one whose nearest-neighbour r is the median
 of its class (typical of the unseen scans, neither the most nor the least like training). Prints the
@@ -16,9 +16,9 @@ import os
 import shutil
 from pathlib import Path
 
-from xai_bt.datasets import load_dataset
-from xai_bt.dedup import TWIN_THRESHOLD, best_matches, thumbnails
-from xai_bt.sample import CLASS_NAMES
+from xai_bt.data.datasets import load_dataset
+from xai_bt.data.twins import TWIN_THRESHOLD, best_matches, thumbnails
+from xai_bt.data.sample import CLASS_NAMES
 
 ROOT = "../shared/data/brain-tumor-mri"
 BRISC = "../shared/data/brisc2025"

@@ -1,0 +1,175 @@
+"""The CAM family on one shared pass: Grad-CAM, Grad-CAM++, Layer-CAM, Score-CAM and Faster-ScoreCAM.
+
+As in pytorch-grad-cam, one compiled pass per (model, layer) returns the layer's activations, the
+gradients of the class score (logits) with respect to them, and the scores; each variant then only says
+how it weights the activations. Asking for several CAMs therefore costs one forward/backward pass, plus
+the masked forward passes of Score-CAM. Every map is ReLU'd at the layer's resolution (as tf-keras-vis
+does), upsampled bilinearly to the input size and scaled by its maximum to [0, 1] (a zero map stays zero).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from xai_bt.attribution.gradients import (Attribution, batch_pairs, cached, call, input_signature, score_output,
+                                          scores, unit_max)
+
+if TYPE_CHECKING:
+    from xai_bt.attribution.registry import MethodSpec
+
+
+def spatial_layers(model) -> list[str]:
+    """Names of the layers with a (N, H, W, C) output, input side first: the candidates for `layer`."""
+    names = {inp.name for inp in model.inputs}
+    return [layer.name for layer in model.layers
+            if layer.name not in names and len(getattr(layer.output, "shape", ())) == 4]
+
+
+def default_layer(model) -> str:
+    """The last spatial layer: the CAM layer when none is named."""
+    spatial = spatial_layers(model)
+    if not spatial:
+        raise ValueError(f"model {model.name!r} has no spatial (N, H, W, C) layer for CAM methods")
+    return spatial[-1]
+
+
+def cam_pass(model, layer: str, every_class: bool = False) -> Callable[..., tuple[np.ndarray, ...]]:
+    """Compiled, cached: (inputs, targets) -> (activations (N,h,w,C), d score / d activations, scores).
+    With `every_class`, (inputs) -> the gradients of every class score, (N, K, h, w, C): one forward pass
+    and K backward passes that stop at `layer` (cheap when it is the last conv layer), so the scores can
+    choose the target after the pass."""
+    def build():
+        import keras
+        import tensorflow as tf
+
+        if layer not in spatial_layers(model):
+            raise ValueError(f"{layer!r} is not a spatial (N, H, W, C) layer of model {model.name!r}; "
+                             f"choose one of: {', '.join(spatial_layers(model)[-8:])} ...")
+        sub = keras.Model(model.inputs, [model.get_layer(layer).output, score_output(model)])
+        n_classes = int(score_output(model).shape[-1])
+
+        @tf.function(input_signature=[input_signature(model), tf.TensorSpec((None,), tf.int32)])
+        def run(inputs, targets):
+            with tf.GradientTape() as tape:
+                acts, logits = call(sub, inputs)
+                score = tf.gather(logits, targets, batch_dims=1)
+            return acts, tape.gradient(score, acts), logits
+
+        @tf.function(input_signature=[input_signature(model)])
+        def run_all(inputs):
+            with tf.GradientTape(persistent=True) as tape:
+                acts, logits = call(sub, inputs)
+                per_class = [tf.reduce_sum(logits[:, k]) for k in range(n_classes)]
+            grads = tf.stack([tape.gradient(s, acts) for s in per_class], axis=1)
+            del tape
+            return acts, grads, logits
+
+        def numpy_run(inputs, targets=None):
+            inputs = [np.asarray(a, np.float32) for a in inputs]
+            out = run_all(inputs) if every_class else run(inputs, np.asarray(targets, np.int32))
+            return tuple(t.numpy() for t in out)
+        return numpy_run
+    return cached(model, ("cam_pass", layer, every_class), build)
+
+
+def layer_pass(model, inputs: list[np.ndarray], layer: str, targets: np.ndarray | None = None,
+               batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Activations of `layer`, gradients of the targets' scores (of every class when `targets` is None:
+    (N, K, h, w, C)) and the scores (N, K), in chunks of `batch_size`. The scores are the network's logits,
+    so a caller that needs them (to predict, or to pick the target) can skip a separate forward pass."""
+    run = cam_pass(model, layer, every_class=targets is None)
+    parts = [run([x[s:s + batch_size] for x in inputs], None if targets is None else targets[s:s + batch_size])
+             for s in range(0, len(inputs[0]), batch_size)]
+    return tuple(np.concatenate(p) for p in zip(*parts))
+
+
+# --- how each variant weights the activations (low resolution, before ReLU) -----------------------
+
+def gradcam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al. 2017): channel weight = spatial mean of the gradient."""
+    return np.einsum("nhwc,nc->nhw", acts, grads.mean(axis=(1, 2)))
+
+
+def gradcam_plus_plus(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Grad-CAM++ (Chattopadhyay et al. 2018) with exp(score) for the higher derivatives, as the paper and
+    tf-keras-vis: alpha = g^2 / (2 g^2 + sum(A) g^3), normalised over space; weight = sum(alpha relu(g)).
+    exp(score) cancels in alpha and only scales the map, so it is left out (no overflow for large logits)."""
+    g2, g3 = grads ** 2, grads ** 3
+    denom = 2 * g2 + acts.sum(axis=(1, 2), keepdims=True) * g3
+    alphas = g2 / np.where(g2 == 0, 1.0, denom)
+    norm = alphas.sum(axis=(1, 2), keepdims=True)
+    alphas = alphas / np.where(norm == 0, 1.0, norm)
+    weights = (alphas * np.maximum(grads, 0)).sum(axis=(1, 2))
+    return np.einsum("nhwc,nc->nhw", acts, weights)
+
+
+def layercam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Layer-CAM (Jiang et al. 2021): element-wise relu(gradient) x activation, summed over channels."""
+    return (np.maximum(grads, 0) * acts).sum(axis=-1)
+
+
+# --- Score-CAM ----------------------------------------------------------------------------------------
+
+def scorecam(model, inputs: list[np.ndarray], targets: np.ndarray, acts: np.ndarray, batch_size: int,
+             max_n: int | None = None) -> np.ndarray:
+    """Score-CAM (Wang et al. 2020): each channel, upsampled and min-max scaled, masks the image; its
+    weight is the softmax probability of the target on the masked image (as tf-keras-vis). With `max_n`,
+    Faster-ScoreCAM: only the max_n channels of largest spatial variance of each image."""
+    n, h, w, k = acts.shape
+    size = inputs[0].shape[1:3]
+    if max_n is None or max_n >= k:
+        channels = np.broadcast_to(np.arange(k), (n, k))
+    elif max_n < 1:
+        raise ValueError(f"max_n must be at least 1, got {max_n}")
+    else:
+        channels = np.argsort(-acts.var(axis=(1, 2)), axis=1)[:, :max_n]
+    score_fn = scores(model)
+    weights = np.zeros(channels.shape, np.float32)
+    for img, j in batch_pairs(n, channels.shape[1], batch_size):
+        masks = upsample(acts[img, :, :, channels[img, j]], size)
+        lo = masks.min(axis=(1, 2), keepdims=True)
+        span = masks.max(axis=(1, 2), keepdims=True) - lo
+        masks = np.where(span > 0, (masks - lo) / np.where(span > 0, span, 1.0), 0.0)[..., None]
+        logits = score_fn([inputs[0][img] * masks] + [a[img] for a in inputs[1:]])
+        weights[img, j] = _softmax(logits)[np.arange(len(img)), targets[img]]
+    selected = np.take_along_axis(acts, channels[:, None, None, :], axis=3)
+    return np.einsum("nhwc,nc->nhw", selected, weights)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# --- the family -------------------------------------------------------------------------------------------
+
+def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N, h, w) -> (N, *size) by bilinear interpolation (half-pixel centres, as cv2 and tf.image)."""
+    import tensorflow as tf
+
+    return tf.image.resize(maps[..., None].astype(np.float32), size, method="bilinear").numpy()[..., 0]
+
+
+def finish(low: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Low-resolution CAMs -> ReLU, bilinear upsampling to the input size, [0, 1] by each map's maximum."""
+    return unit_max(upsample(np.maximum(low, 0), size))[0]
+
+
+def cam_family(model, inputs: list[np.ndarray], targets: np.ndarray, methods: Sequence[MethodSpec], layer: str,
+               *, batch_size: int = 32, passes: tuple[np.ndarray, np.ndarray] | None = None,
+               **options: Any) -> dict[str, Attribution]:
+    """Every requested CAM (registry specs of kind cam_weighting or scored_cam) from one pass over `layer`:
+    method -> Attribution with (N, S, S) maps in [0, 1]. `options`: the scored CAMs' options (Faster
+    Score-CAM's `max_n`). `passes`: (activations, target gradients) already computed by `layer_pass`."""
+    acts, grads = passes if passes is not None else layer_pass(model, inputs, layer, targets, batch_size)[:2]
+    size = inputs[0].shape[1:3]
+    out = {}
+    for method in methods:
+        own = {k: options.get(k, default) for k, default in method.options.items()}
+        if method.kind == "scored_cam":
+            cam = method.function(model, inputs, targets, acts, batch_size, **own)
+        else:
+            cam = method.function(acts, grads)
+        out[method.name] = Attribution(finish(cam, size), info=own)
+    return out

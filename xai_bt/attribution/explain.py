@@ -1,0 +1,262 @@
+"""Explain predictions: every attribution method behind one call.
+
+    explain(bundle, ["scan.jpg"], methods=("gradcam", "integrated_gradients"))  -> [Explanation, ...]
+    explain_batch(keras_model, x, targets, methods)                               -> {method: (N, S, S)}
+    attribute(keras_model, x, targets, methods)                                   -> {method: Attribution}
+
+`explain` works on a model bundle (preprocessing, class names, view features, calibrated probabilities);
+`explain_batch` and `attribute` on any flat Keras model whose first input is the image, `attribute`
+also returning attributions over extra inputs (the two-stage view vector) and per-image details.
+All methods are this package's own TensorFlow code (cams, gradients, perturbation) except the two SHAP
+methods, which call the shap library; tf-keras-vis is the reference our tests compare against.
+Method options are keyword arguments, each given to the methods that take it (see `OPTIONS`).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence, Union
+
+import numpy as np
+
+from xai_bt.attribution import cams, gradients, registry
+from xai_bt.attribution.gradients import Attribution
+from xai_bt.attribution.registry import METHODS, OPTIONS
+from xai_bt.attribution.result import Explanation
+
+__all__ = ["attribute", "explain_batch", "explain", "METHODS", "OPTIONS"]
+
+Target = Union[None, int, str, Sequence[Union[int, str]]]
+
+
+def attribute(keras_model, x: np.ndarray, targets: int | Sequence[int] | np.ndarray,
+              methods: Sequence[str] | str = ("gradcam",), layer: str | None = None,
+              extra_inputs: Sequence[np.ndarray] | None = None, batch_size: int = 32,
+              cam_passes: tuple[np.ndarray, np.ndarray] | None = None, **options: Any) -> dict[str, Attribution]:
+    """Run `methods` on a batch `x` (N, S, S, C) for class indices `targets` (one, or one per image).
+
+    `layer`: the CAM family's layer (default: the last layer with a spatial output). `extra_inputs`:
+    the model's inputs after the image, e.g. [(N, 128) view vectors]. `cam_passes`: the layer's
+    activations and the targets' gradients from `cams.layer_pass`, when the caller already ran it.
+    Returns method -> Attribution.
+    """
+    methods = _check_methods(methods)
+    x = np.asarray(x, np.float32)
+    if x.ndim != 4:
+        raise ValueError(f"x must be a batch (N, S, S, C), got shape {x.shape}")
+    inputs = [x] + [np.asarray(a, np.float32) for a in (extra_inputs or ())]
+    if len(inputs) != len(keras_model.inputs):
+        raise ValueError(f"model {keras_model.name!r} takes {len(keras_model.inputs)} inputs; "
+                         f"got the image and {len(inputs) - 1} extra input(s)")
+    n_classes = gradients.score_output(keras_model).shape[-1]
+    t = np.broadcast_to(np.asarray(targets), (len(x),)).astype(np.int32)
+    if t.size and (t.min() < 0 or t.max() >= n_classes):
+        raise ValueError(f"targets must be class indices in [0, {n_classes}), got {sorted(set(t.tolist()))}")
+    _check_options(methods, options)
+
+    specs = [registry.spec(m) for m in methods]
+    family = [s for s in specs if s.is_cam]
+    out: dict[str, Attribution] = {}
+    if family:
+        layer = layer or cams.default_layer(keras_model)
+        cam_options = {k: v for k, v in options.items() if any(k in s.options for s in family)}
+        out.update(cams.cam_family(keras_model, inputs, t, family, layer, batch_size=batch_size,
+                                   passes=cam_passes, **cam_options))
+    for s in specs:
+        if not s.is_cam:
+            own = {k: v for k, v in options.items() if k in s.options}
+            out[s.name] = s.function(keras_model, inputs, t, batch_size=batch_size, **own)
+    return {m: out[m] for m in methods}
+
+
+def explain_batch(keras_model, x: np.ndarray, targets: int | Sequence[int] | np.ndarray,
+                  methods: Sequence[str] | str = ("gradcam",), layer: str | None = None,
+                  extra_inputs: Sequence[np.ndarray] | None = None, batch_size: int = 32,
+                  **options: Any) -> dict[str, np.ndarray]:
+    """`attribute`, keeping only the maps: method -> (N, S, S) float32."""
+    return {m: a.maps for m, a in attribute(keras_model, x, targets, methods, layer, extra_inputs,
+                                            batch_size, **options).items()}
+
+
+def explain(model, images, methods: Sequence[str] | str = ("gradcam",), target: Target = None,
+            layer: str | None = None, network: str = "model", batch_size: int = 32,
+            **options: Any) -> list[Explanation]:
+    """Explain each scan with each method; one `Explanation` per scan.
+
+    model: a Bundle or a bundle path. images: paths, arrays, or a prepared batch (N, S, S, 1).
+    target: None (each scan's predicted class), a class name or index, or one per scan.
+    layer: the CAM layer (default: the bundle's last conv layer). network: "model" (the final
+    decision: the tumor classifier; for a cascade, stage 1 for scans it calls no tumor and stage 2 for
+    the others, see `_explain_cascade`) or a network of the bundle ("stage1", "stage2", "view"). For a
+    two-stage model, the view vector is an input too: gradient methods attribute it (`view_attribution`);
+    perturbation methods hold it fixed.
+    """
+    from xai_bt.model.bundle import Bundle, load_model
+
+    bundle = model if isinstance(model, Bundle) else load_model(model)
+    methods = _check_methods(methods)
+    _check_options(methods, options)
+    if bundle.kind == "cascade" and network == "model":
+        return _explain_cascade(bundle, images, methods, target, layer, batch_size, options)
+    name, net = _network(bundle, network)
+    names = _class_names(bundle, name)
+    x, paths = _prepare(bundle, images, target)
+    cam_layer = _cam_layer(bundle, net, layer, methods)
+    if options.get("background") is not None:
+        options["background"] = _background(bundle, net, options["background"], batch_size)
+
+    explanations = []
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size]
+        extra = [bundle.view_features(xb, batch_size)] if len(net.inputs) > 1 else []
+        # The CAM pass yields the network's logits too: predict from them instead of a second forward pass
+        # (with no target given, it keeps every class's gradient until the prediction picks one).
+        fixed = None if target is None else _resolve_targets(target, len(xb), names, start)
+        passes, known = None, None
+        if cam_layer:
+            acts, grads, logits = cams.layer_pass(net, [xb, *extra], cam_layer, fixed, batch_size)
+            known = {name: logits}
+        pred = bundle.predict_prepared(xb, batch_size=batch_size, view_vectors=extra[0] if extra else None,
+                                       known_logits=known)
+        probs = _network_probabilities(bundle, pred, name)
+        targets = probs.argmax(axis=1) if fixed is None else fixed
+        if cam_layer:
+            passes = (acts, grads if fixed is not None else grads[np.arange(len(xb)), targets])
+        result = attribute(net, xb, targets, methods, cam_layer, extra, batch_size, cam_passes=passes, **options)
+        for i in range(len(xb)):
+            explanations.append(Explanation(
+                image=xb[i, ..., 0].copy(), maps={m: a.maps[i] for m, a in result.items()},
+                target=int(targets[i]), target_name=names[targets[i]], probabilities=probs[i],
+                class_names=names, model_name=bundle.name, path=paths[start + i],
+                layer=cam_layer,
+                view_probabilities=None if pred.view_probabilities is None else pred.view_probabilities[i],
+                view_names=pred.view_names,
+                view_attribution={m: a.inputs[0][i] for m, a in result.items() if a.inputs},
+                extra={m: _info_at(a.info, i) for m, a in result.items() if a.info}, network=name))
+    return explanations
+
+
+def _explain_cascade(bundle, images, methods: tuple[str, ...], target: Target, layer: str | None,
+                     batch_size: int, options: dict[str, Any]) -> list[Explanation]:
+    """A cascade's four-class decision. Scans it calls (or whose target is) no tumor are explained by
+    stage 1's "no_tumor" score, the others by stage 2's tumor-type score: the network that made the
+    call. Probabilities and class names are the four-class ones; `Explanation.network` says which stage."""
+    names = tuple(bundle.class_names)
+    stage_classes = {"stage1": list(bundle.config["stage1_classes"]), "stage2": list(bundle.config["stage2_classes"])}
+    x, paths = _prepare(bundle, images, target)
+    background = options.pop("background", None)
+    stage_options = {stage: options if background is None else
+                     {**options, "background": _background(bundle, bundle.networks[stage], background, batch_size)}
+                     for stage in stage_classes}
+    out: list[Explanation] = []
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size]
+        pred = bundle.predict_prepared(xb, batch_size=batch_size)
+        targets = pred.probabilities.argmax(axis=1) if target is None else _resolve_targets(target, len(xb), names, start)
+        chunk: list[Explanation | None] = [None] * len(xb)
+        for stage, classes in stage_classes.items():
+            rows = [i for i, t in enumerate(targets) if (names[t] == "no_tumor") == (stage == "stage1")]
+            if not rows:
+                continue
+            net = bundle.networks[stage]
+            stage_targets = [classes.index(names[targets[i]]) for i in rows]
+            cam_layer = _cam_layer(bundle, net, layer, methods)
+            result = attribute(net, xb[rows], stage_targets, methods, cam_layer, [], batch_size,
+                               **stage_options[stage])
+            for j, i in enumerate(rows):
+                chunk[i] = Explanation(
+                    image=xb[i, ..., 0].copy(), maps={m: a.maps[j] for m, a in result.items()},
+                    target=int(targets[i]), target_name=names[targets[i]], probabilities=pred.probabilities[i],
+                    class_names=names, model_name=bundle.name, path=paths[start + i], layer=cam_layer,
+                    extra={m: _info_at(a.info, j) for m, a in result.items() if a.info}, network=stage)
+        out.extend(chunk)
+    return out
+
+
+# --- checking and resolving arguments ---------------------------------------------------------------
+
+def _check_methods(methods: Sequence[str] | str) -> tuple[str, ...]:
+    return registry.check_methods(methods)
+
+
+def _check_options(methods: tuple[str, ...], options: dict[str, Any]) -> None:
+    used = {k for m in methods for k in registry.spec(m).options}
+    unused = sorted(set(options) - used)
+    if unused:
+        known = {m: sorted(registry.spec(m).options) for m in methods if registry.spec(m).options}
+        raise TypeError(f"option(s) {unused} are not used by methods {list(methods)}; their options: {known}")
+
+
+def _network(bundle, network: str):
+    name = ("model" if "model" in bundle.networks else "stage2") if network == "model" else network
+    if name not in bundle.networks:
+        raise ValueError(f"network {network!r} is not in this {bundle.kind} bundle; "
+                         f"choose 'model' or one of {sorted(bundle.networks)}")
+    return name, bundle.networks[name]
+
+
+def _class_names(bundle, name: str) -> tuple[str, ...]:
+    if bundle.kind == "cascade":
+        return tuple(bundle.config[f"{name}_classes"])
+    return bundle.view_names if name == "view" else bundle.class_names
+
+
+def _network_probabilities(bundle, pred, name: str) -> np.ndarray:
+    if bundle.kind == "cascade":
+        return pred.stage_probabilities[name]
+    return pred.view_probabilities if name == "view" else pred.probabilities
+
+
+def _prepare(bundle, images, target: Target) -> tuple[np.ndarray, list[str | None]]:
+    """The prepared batch and each scan's path; a per-scan target list must match the scans."""
+    x = bundle.prepare(images)
+    if not (target is None or isinstance(target, (str, int, np.integer))) and len(target) != len(x):
+        raise ValueError(f"give one target for all scans or one per scan ({len(x)}), got {len(target)}")
+    return x, _paths(images, len(x))
+
+
+def _cam_layer(bundle, net, layer: str | None, methods: tuple[str, ...]) -> str | None:
+    """The CAM family's layer on `net` when a CAM method is asked for, else None."""
+    return (layer or _default_layer(bundle, net)) if any(registry.spec(m).is_cam for m in methods) else None
+
+
+def _default_layer(bundle, net) -> str:
+    """The bundle's last conv layer, or the network's last spatial layer when it has no such layer."""
+    return bundle.last_conv_layer if bundle.last_conv_layer in cams.spatial_layers(net) else cams.default_layer(net)
+
+
+def _resolve_targets(target: Target, n: int, names: tuple[str, ...], start: int) -> np.ndarray:
+    """Class indices of a given target for a chunk of `n` scans starting at `start`."""
+    if isinstance(target, (str, int, np.integer)):
+        items = [target] * n
+    else:
+        items = list(target)[start:start + n]
+    out = []
+    for t in items:
+        if isinstance(t, str):
+            if t not in names:
+                raise ValueError(f"unknown class {t!r}; this network's classes: {', '.join(names)}")
+            out.append(names.index(t))
+        elif not 0 <= int(t) < len(names):
+            raise ValueError(f"target {t} out of range for {len(names)} classes ({', '.join(names)})")
+        else:
+            out.append(int(t))
+    return np.array(out)
+
+
+def _paths(images, n: int) -> list[str | None]:
+    if isinstance(images, (str, os.PathLike)):
+        return [str(images)]
+    if isinstance(images, (list, tuple)):
+        return [str(p) if isinstance(p, (str, os.PathLike)) else None for p in images]
+    return [None] * n
+
+
+def _background(bundle, net, background, batch_size: int) -> list[np.ndarray]:
+    """shap_gradient's background scans -> prepared batch, plus their view vectors for a two-input net."""
+    bg = bundle.prepare(background)
+    return [bg, bundle.view_features(bg, batch_size)] if len(net.inputs) > 1 else [bg]
+
+
+def _info_at(info: dict[str, Any], i: int) -> dict[str, Any]:
+    """One image's details: per-image arrays indexed, settings as they are."""
+    return {k: (v[i].item() if isinstance(v, np.ndarray) else v) for k, v in info.items()}

@@ -1,0 +1,138 @@
+"""The one registry of explanation methods: each method's name, label, kind, function and options.
+
+Three kinds, three calling conventions (the shared CAM pass computes activations and gradients once):
+
+- ``cam_weighting``: ``function(acts, grads) -> (N, h, w)``, a pure weighting of the layer's activations;
+- ``scored_cam``: ``function(model, inputs, targets, acts, batch_size, **options) -> (N, h, w)``, weights
+  from extra forward passes on masked images;
+- ``input_attribution``: ``function(model, inputs, targets, *, batch_size, **options) -> Attribution``.
+
+Adding a method is one function and one ``register`` call; `attribute`, the figures, the report, the web
+page, the audit and the command line all read their method names, labels and defaults from here.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Sequence
+
+from xai_bt.attribution import cams, gradients, occlusion, shapley
+
+__all__ = ["KINDS", "MethodSpec", "register", "unregister", "spec", "names", "label", "check_methods", "METHODS", "OPTIONS",
+           "EXPLAIN_DEFAULT", "REVIEW_DEFAULT", "AUDIT_DEFAULT"]
+
+KINDS = ("cam_weighting", "scored_cam", "input_attribution")
+CAM_KINDS = ("cam_weighting", "scored_cam")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One explanation method. `options`: its keyword options and their defaults. `signed`: its maps can be
+    negative (evidence against the class). `slow`: many forward passes per scan (seconds on a CPU)."""
+
+    name: str
+    label: str
+    kind: str
+    function: Callable[..., Any]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    signed: bool = False
+    slow: bool = False
+    reference: str = ""
+
+    @property
+    def is_cam(self) -> bool:
+        """Uses the CAM layer (and the shared CAM pass)."""
+        return self.kind in CAM_KINDS
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def _keyword_options(fn: Callable[..., Any]) -> dict[str, Any]:
+    """A function's keyword-only parameters and defaults, less the batch size every method takes."""
+    return {p.name: p.default for p in inspect.signature(fn).parameters.values()
+            if p.kind is p.KEYWORD_ONLY and p.name != "batch_size"}
+
+
+def register(name: str, label: str, kind: str, function: Callable[..., Any], *,
+             options: Mapping[str, Any] | None = None, signed: bool = False, slow: bool = False,
+             reference: str = "") -> MethodSpec:
+    """Add a method. `options` default to the function's keyword-only parameters (input attributions)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if name in _REGISTRY:
+        raise ValueError(f"method {name!r} is already registered")
+    if options is None:
+        options = _keyword_options(function) if kind == "input_attribution" else {}
+    method = MethodSpec(name, label, kind, function, MappingProxyType(dict(options)), signed, slow, reference)
+    _REGISTRY[name] = method
+    return method
+
+
+def unregister(name: str) -> MethodSpec:
+    """Remove a method added with `register` (e.g. a plug-in or a test's own method); returns its spec."""
+    return _REGISTRY.pop(spec(name).name)
+
+
+def spec(name: str) -> MethodSpec:
+    """The registered method `name`; a ValueError naming the choices otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(_REGISTRY)}") from None
+
+
+def names(kind: str | Sequence[str] | None = None, slow: bool | None = None) -> tuple[str, ...]:
+    """Registered method names in registration order, optionally of one kind (or kinds) or speed."""
+    kinds = (kind,) if isinstance(kind, str) else kind
+    return tuple(m.name for m in _REGISTRY.values()
+                 if (kinds is None or m.kind in kinds) and (slow is None or m.slow == slow))
+
+
+def label(name: str) -> str:
+    """How a method is named in figures and pages; an unregistered name is shown as it is."""
+    return _REGISTRY[name].label if name in _REGISTRY else name
+
+
+def check_methods(methods: Sequence[str] | str) -> tuple[str, ...]:
+    """Method names, duplicates dropped, order kept; 'all' means every method. ValueError on unknown names."""
+    if isinstance(methods, str):
+        methods = names() if methods.strip().lower() == "all" else [m.strip() for m in methods.split(",") if m.strip()]
+    methods = tuple(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in _REGISTRY]
+    if unknown or not methods:
+        raise ValueError(f"unknown method(s) {unknown or list(methods)}; choose from {', '.join(_REGISTRY)}")
+    return methods
+
+
+# --- the methods ------------------------------------------------------------------------------------------
+
+register("gradcam", "Grad-CAM", "cam_weighting", cams.gradcam, reference="Selvaraju et al. 2017")
+register("gradcam++", "Grad-CAM++", "cam_weighting", cams.gradcam_plus_plus, reference="Chattopadhyay et al. 2018")
+register("layercam", "Layer-CAM", "cam_weighting", cams.layercam, reference="Jiang et al. 2021")
+register("scorecam", "Score-CAM", "scored_cam", cams.scorecam, slow=True, reference="Wang et al. 2020")
+register("fasterscorecam", "Faster Score-CAM", "scored_cam", cams.scorecam, options={"max_n": 10},
+         reference="Wang et al. 2020 (faster variant of tf-keras-vis)")
+register("saliency", "Saliency", "input_attribution", gradients.saliency, reference="Simonyan et al. 2014")
+register("smoothgrad", "SmoothGrad", "input_attribution", gradients.smoothgrad, reference="Smilkov et al. 2017")
+register("integrated_gradients", "Integrated Gradients", "input_attribution", gradients.integrated_gradients,
+         signed=True, reference="Sundararajan et al. 2017")
+register("occlusion", "Occlusion", "input_attribution", occlusion.occlusion, signed=True, slow=True,
+         reference="Zeiler & Fergus 2014")
+register("shap_gradient", "SHAP (gradient)", "input_attribution", shapley.gradient_shap, signed=True, slow=True,
+         reference="Lundberg & Lee 2017 (shap.GradientExplainer)")
+register("shap_partition", "SHAP (partition)", "input_attribution", shapley.partition_shap, signed=True, slow=True,
+         reference="Lundberg & Lee 2017 (shap.PartitionExplainer)")
+
+#: every registered method, in registration order (a snapshot taken at import; `names()` is live)
+METHODS: tuple[str, ...] = names()
+#: method -> its options and their defaults
+OPTIONS: dict[str, dict[str, Any]] = {m: dict(_REGISTRY[m].options) for m in METHODS}
+#: what `explain` and `python -m xai_bt explain` run when no method is named
+EXPLAIN_DEFAULT: tuple[str, ...] = ("gradcam",)
+#: what the review report and the web page show when no method is named
+REVIEW_DEFAULT: tuple[str, ...] = ("gradcam", "layercam")
+#: what the focus audit scores when no method is named
+AUDIT_DEFAULT: tuple[str, ...] = ("gradcam", "gradcam++", "layercam", "saliency", "smoothgrad",
+                                  "integrated_gradients")

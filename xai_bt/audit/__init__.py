@@ -1,0 +1,1 @@
+"""The focus audit: localisation against masks, faithfulness, randomisation, shortcuts, the runner, its report."""

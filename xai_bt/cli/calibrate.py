@@ -1,0 +1,38 @@
+"""`python -m xai_bt calibrate MODEL --data ROOT`: fit temperature scaling on the model's validation split.
+
+The temperature is stored in the bundle (bundle.json `temperature` and `calibration`), so every later
+prediction, explanation and evaluation uses it; `evaluate --raw` and `figures` show the model without it.
+"""
+from __future__ import annotations
+
+import argparse
+
+from xai_bt.cli._common import fail
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model bundle folder")
+    p.add_argument("--data", required=True,
+                   help="the model's training data root (split.csv paths are relative to it); only the "
+                        "rows with split 'val' are used")
+    p.add_argument("--overwrite", action="store_true", help="refit and replace an existing temperature")
+    p.add_argument("--bins", type=int, default=15, help="confidence bins for ECE/MCE (default 15)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--tta", choices=("none", "hflip"),
+                   help="set the test-time augmentation (hflip: average with the mirrored scan) before "
+                        "fitting; stored in the bundle and used by every prediction (default: keep)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from xai_bt.model.bundle import BundleError
+    from xai_bt.model.calibrate import calibrate_bundle, format_record
+
+    try:
+        record = calibrate_bundle(args.model, args.data, overwrite=args.overwrite, batch_size=args.batch_size,
+                                  n_bins=args.bins, tta=args.tta)
+    except (BundleError, FileExistsError, ValueError, FileNotFoundError) as e:
+        return fail(str(e))
+    print(f"{args.model}: {record['method']}; test-time augmentation: {record['tta']}")
+    print(format_record(record))
+    print(f"stored in {args.model}/bundle.json")
+    return 0

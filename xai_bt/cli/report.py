@@ -1,0 +1,97 @@
+"""`python -m xai_bt report scan.jpg | FOLDER [...] --out report.html [--model M] [--methods ...]`.
+
+Writes one self-contained HTML review page for all the scans given: prediction, calibrated
+probabilities, view, heatmaps, model card summary and what heatmaps do not show. Bad files are listed
+in the page and the rest still run. Exit 0 when every scan was reviewed, 1 when any failed, 2 for
+usage errors (including an existing --out without --overwrite).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from xai_bt.cli._common import fail
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", help="scan files (JPEG, PNG, TIFF, DICOM) or folders")
+    p.add_argument("--out", required=True, help="the HTML file to write, e.g. report.html")
+    p.add_argument("--model", help="model bundle (default: the shipped default model)")
+    p.add_argument("--view-model", help="view (plane) classifier bundle, for single-stage models")
+    p.add_argument("--methods", default="gradcam,layercam",
+                   help="comma-separated methods, or 'all' (default: gradcam,layercam)")
+    p.add_argument("--top-k", type=float, default=0.1, help="fraction of pixels outlined per map (default: 0.1)")
+    p.add_argument("--title", default="xai_bt review report", help="page title")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
+
+def main(args: argparse.Namespace) -> int:
+    from xai_bt.model.bundle import BundleError, default_model_path, load_model
+    from xai_bt.data.decode import iter_image_files
+    from xai_bt.cli.explain import UsageError, check_numbers, parse_methods
+
+    out = Path(args.out)
+    try:
+        methods = parse_methods(args.methods)
+        check_numbers(args.top_k, 1)
+        if out.is_dir():
+            raise UsageError(f"{out}: is a folder; give a file name such as report.html")
+        if out.exists() and not args.overwrite:
+            raise UsageError(f"{out}: already exists; pass --overwrite to replace it")
+        missing = [p for p in args.inputs if not Path(p).exists()]
+        if missing:
+            raise UsageError(f"{missing[0]}: no such file or folder")
+        files = iter_image_files(args.inputs)
+        if not files:
+            raise UsageError(f"no scan files found in {' '.join(args.inputs)}")
+        bundle = load_model(args.model or default_model_path())
+        view_bundle = load_view_model(args.view_model) if args.view_model else None
+    except (UsageError, BundleError) as e:
+        return fail(str(e))
+    cases = review_files(files, bundle, methods, view_bundle, args.top_k)
+    return write(cases, bundle, out, args)
+
+
+def load_view_model(path: str):
+    """Load a view (plane) classifier bundle; BundleError when the bundle classifies something else."""
+    from xai_bt.model.bundle import BundleError, load_model
+
+    view = load_model(path)
+    if view.config.get("task") != "view":
+        raise BundleError(f"{path}: not a view classifier (task {view.config.get('task', 'tumor')!r})")
+    return view
+
+
+def review_files(files: list[str], bundle, methods: list[str], view_bundle, top_k: float) -> list[dict]:
+    """Review each file in turn; a bad file or a failed explanation only fails its own entry."""
+    from tqdm import tqdm
+
+    from xai_bt.review.case import review_failure, review_scan
+    cases = []
+    for path in tqdm(files, unit="scan", file=sys.stderr, desc="reviewing", disable=len(files) < 2):
+        try:
+            case = review_scan(bundle, path, methods=methods, view_bundle=view_bundle, top_k=top_k)
+            print(f"{path}: {case['prediction']} ({case['confidence']:.3f})")
+        except Exception as e:  # ImageError, or one scan's explanation failing: keep the others
+            case = review_failure(path, e)
+        if case["status"] != "ok":
+            print(f"error: {path}: {case['error']}", file=sys.stderr)
+        cases.append(case)
+    return cases
+
+
+def write(cases: list[dict], bundle, out: Path, args: argparse.Namespace) -> int:
+    """Render and write the page; summary line; exit 1 if any scan failed."""
+    from xai_bt.review.html import render_report, write_report
+    from xai_bt.review.case import model_summary
+
+    try:
+        write_report(out, render_report(cases, model_summary(bundle), title=args.title), overwrite=args.overwrite)
+    except (OSError, FileExistsError) as e:
+        return fail(f"cannot write the report ({e})", 1)
+    failed = [c for c in cases if c["status"] != "ok"]
+    print(f"{len(cases) - len(failed)} reviewed, {len(failed)} failed; report in {out}", file=sys.stderr)
+    for c in failed:
+        print(f"  failed: {c['name']}: {c['error']}", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,51 @@
+"""`python -m xai_bt serve [--host 127.0.0.1] [--port 8000] [--models-dir models] [--out DIR]`.
+
+Starts the local review web page (`xai_bt.review.server`): upload a scan, pick a model and methods, see the
+review. Each review is also saved as a self-contained HTML page in --out. Stop with Ctrl-C.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from xai_bt.cli._common import fail
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this computer only; the page has no login)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    p.add_argument("--models-dir", default=None,
+                   help="folder whose sub-folders are model bundles (default: the repository's models/)")
+    p.add_argument("--out", default="reviews", help="folder for the saved review pages (default: reviews/)")
+    p.add_argument("--max-upload-mb", type=float, default=20, help="largest upload accepted (default: 20 MB)")
+    p.add_argument("--no-preload", action="store_true", help="load the default model on first use, not at start")
+
+
+def main(args: argparse.Namespace) -> int:
+    from xai_bt.model.bundle import BundleError, default_model_path
+    from xai_bt.review.server import make_app, make_server
+
+    models_dir = args.models_dir or default_model_path().parent
+    if not 0 < args.max_upload_mb <= 1024:
+        return fail(f"--max-upload-mb must be in (0, 1024], got {args.max_upload_mb}")
+    try:
+        app = make_app(models_dir, args.out, int(args.max_upload_mb * 1024 * 1024))
+        if not args.no_preload:
+            app.bundle(app.default_model)
+        server = make_server(app, args.host, args.port)
+    except (ValueError, BundleError, OSError) as e:   # BundleError is a ValueError; OSError: port taken
+        return fail(str(e))
+    host, port = server.server_address[:2]
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: anyone who can reach this address can upload scans "
+              "(there is no login)", file=sys.stderr)
+    print(f"xai_bt review page on http://{'localhost' if host == '127.0.0.1' else host}:{port}/  "
+          f"(models: {', '.join(app.models)}; reviews saved in {app.out_dir}; Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    finally:
+        server.server_close()
+    return 0

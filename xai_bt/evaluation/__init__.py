@@ -1,0 +1,1 @@
+"""Honest numbers: metrics, calibration metrics, evaluating a bundle, view ablation, paper tables and figures."""

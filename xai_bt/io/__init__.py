@@ -1,0 +1,1 @@
+"""Files at archive scale: listing inputs, sharding, streaming batches, resumable indexes, atomic writes."""

@@ -1,0 +1,213 @@
+"""Temperature scaling fitted on a bundle's own validation split and stored in its bundle.json.
+
+`calibrate_bundle` finds the validation scans of the model (rows with split "val" in the bundle's
+`split.csv`, paths relative to the training data root), runs the networks once to get raw logits, fits one
+temperature T by minimising the validation negative log-likelihood (Guo et al. 2017), and records T with
+the before/after numbers in bundle.json, where `Bundle.predict_prepared(calibrated=True)` and every xai_bt
+command pick it up. The test split is never touched.
+
+Kinds:
+- "single", "two_stage": softmax(logits / T) of the tumor classifier (the view network of a two-stage model
+  is left as it is; it only feeds features).
+- "cascade": one T shared by both stages, fitted on the NLL of the combined four-class probabilities,
+  exactly as `Bundle.predict_prepared` applies it (both stages' logits divided by the same T).
+
+Temperature scaling divides every logit by one positive number, so the predicted class of a single or
+two-stage model, hence its accuracy, does not change. In a cascade the combination can, rarely, change.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+T_BOUNDS = (0.05, 20.0)  #: search interval of the temperature
+RECORD_KEYS = ("accuracy", "mean_confidence", "overconfidence", "ece", "mce", "classwise_ece", "brier", "nll")
+
+
+class CalibrationExists(FileExistsError):
+    """The bundle already has a fitted temperature and `overwrite` was not given."""
+
+
+# --------------------------------------------------------------------------------------------- logits
+def raw_logits(bundle, x: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """The logits temperature scaling divides, per network: {"model"} or, for a cascade, {"stage1", "stage2"}."""
+    def run(network: str, inputs) -> np.ndarray:
+        return bundle.network_logits(network, inputs, batch_size)
+
+    if bundle.kind == "single":
+        return {"model": run("model", x)}
+    if bundle.kind == "two_stage":
+        return {"model": run("model", [x, bundle.view_features(x, batch_size)])}
+    return {"stage1": run("stage1", x), "stage2": run("stage2", x)}
+
+
+def probabilities_at(bundle, logits: dict[str, np.ndarray], temperature: float) -> np.ndarray:
+    """Class probabilities at temperature T from :func:`raw_logits`, as `Bundle.predict_prepared` gives them."""
+    from scipy.special import softmax
+
+    from xai_bt.model.bundle import combine_cascade
+
+    if temperature <= 0:
+        raise ValueError("temperature must be positive")
+    if bundle.kind != "cascade":
+        return softmax(logits["model"] / temperature, axis=1)
+    return combine_cascade(softmax(logits["stage1"] / temperature, axis=1),
+                           softmax(logits["stage2"] / temperature, axis=1),
+                           bundle.config["stage1_classes"], bundle.config["stage2_classes"], bundle.class_names)
+
+
+def fit_temperature_objective(nll_at: Callable[[float], float],
+                              bounds: tuple[float, float] = T_BOUNDS) -> float:
+    """T > 0 minimising ``nll_at(T)`` (bounded Brent search on log T), for probabilities that are not one
+    softmax of logits (a cascade). Single-softmax models use :func:`xai_bt.evaluation.calibration.fit_temperature`,
+    which gives the same T."""
+    from scipy.optimize import minimize_scalar
+
+    lo, hi = np.log(bounds)
+    res = minimize_scalar(lambda log_t: nll_at(float(np.exp(log_t))), bounds=(lo, hi), method="bounded",
+                          options={"xatol": 1e-6})
+    return float(np.exp(res.x))
+
+
+def fit_bundle_temperature(bundle, logits: dict[str, np.ndarray], y: np.ndarray) -> float:
+    """The NLL-optimal temperature of this bundle's logits for labels ``y``."""
+    from xai_bt.evaluation.calibration import fit_temperature, nll
+
+    if bundle.kind != "cascade":
+        return fit_temperature(logits["model"], y, bounds=T_BOUNDS)
+    return fit_temperature_objective(lambda t: nll(y, probabilities_at(bundle, logits, t)))
+
+
+# --------------------------------------------------------------------------------------------- data
+def validation_samples(bundle, data: str | os.PathLike, twin_free: bool = True) -> tuple[list, list[str], int]:
+    """(validation scans found under ``data`` with labels from the dataset loader, relative paths missing,
+    number left out as twins of training scans).
+
+    ``data`` is the training data root: split.csv paths are relative to it. With ``twin_free`` (the
+    default) a validation scan with a twin (xai_bt.data.twins: as it is, mirrored, flipped) among the bundle's
+    training rows is left out: a model trained with flips has in effect seen it, so it would make the
+    temperature and the TTA choice too confident. Bundles split since twins are mirror-aware lose none."""
+    from xai_bt.data.datasets import load_dataset
+    from xai_bt.evaluation.evaluate import split_table
+    from xai_bt.data.splits import leakage_free
+
+    table = split_table(bundle)
+    if not table:
+        raise ValueError(f"{bundle.path}: no split.csv, so the validation scans are unknown; "
+                         "temperature scaling must be fitted on held-out validation data")
+    wanted = [rel for rel, part in table.items() if part == "val"]
+    if not wanted:
+        raise ValueError(f"{bundle.path}/split.csv has no rows with split 'val'")
+    root = Path(data)
+    by_rel = {Path(os.path.relpath(s.path, root)).as_posix(): s for s in load_dataset(str(root))}
+    found = [by_rel[rel] for rel in wanted if rel in by_rel]
+    missing = [rel for rel in wanted if rel not in by_rel]
+    if not found:
+        raise ValueError(f"{data}: none of the {len(wanted)} validation scans of {bundle.path}/split.csv are "
+                         f"there (e.g. {wanted[0]}); --data must be the model's training data root")
+    n_twins = 0
+    if twin_free:
+        train = [by_rel[rel] for rel, part in table.items() if part == "train" and rel in by_rel]
+        free = leakage_free(found, train)
+        n_twins = len(found) - sum(free)
+        found = [s for s, f in zip(found, free) if f]
+        if not found:
+            raise ValueError(f"{bundle.path}: every validation scan has a twin among its training scans; "
+                             "re-split the data (python -m xai_bt data audit ROOT --write-split)")
+    return found, missing, n_twins
+
+
+def _summary(report: dict[str, Any]) -> dict[str, float]:
+    return {k: report[k] for k in RECORD_KEYS}
+
+
+# --------------------------------------------------------------------------------------------- main
+def calibrate_bundle(model, data: str | os.PathLike, overwrite: bool = False, batch_size: int = 64,
+                     n_bins: int = 15, tta: str | None = None, twin_free: bool = True) -> dict[str, Any]:
+    """Fit T on the bundle's validation rows (those with no twin among its training rows unless
+    ``twin_free`` is False), store ``temperature`` and ``calibration`` in bundle.json.
+
+    ``tta`` ("none" or "hflip") sets the bundle's test-time augmentation first, so T is fitted on the
+    logits the bundle will actually produce (the two are stored together).
+
+    Refuses (:class:`CalibrationExists`) when the bundle already has a fitted temperature (a
+    ``calibration`` record, or a temperature other than 1) unless ``overwrite``. Returns the record:
+    ``{"temperature", "method", "fitted_on", "data", "n_val", "n_val_twins_left_out", "n_missing",
+    "n_unreadable", "n_bins",
+    "before", "after"}`` where before/after hold accuracy, confidence, ECE, MCE, classwise ECE, Brier and
+    NLL on the validation scans at T = 1 and at the fitted T.
+    """
+    from xai_bt.model.bundle import Bundle, load_model, write_config
+    from xai_bt.evaluation.calibration import calibration_report
+    from xai_bt.evaluation.evaluate import labels_for
+    from xai_bt.model.card import write_model_card
+    from xai_bt.data.cache import failed_indices, prepare_samples
+    from xai_bt.model.preprocessing import to_model_input
+
+    bundle = model if isinstance(model, Bundle) else load_model(model)
+    old = bundle.config.get("calibration")
+    if (old is not None or bundle.temperature != 1.0) and not overwrite:
+        raise CalibrationExists(f"{bundle.path}: already calibrated (temperature {bundle.temperature:.4g}); "
+                                "pass overwrite=True (--overwrite) to refit it")
+    if tta is not None:
+        bundle.config["tta"] = tta
+        bundle.tta  # validates the mode
+    samples, missing, n_twins = validation_samples(bundle, data, twin_free)
+    y = labels_for(bundle, samples)
+    labelled = [i for i in range(len(samples)) if y[i] >= 0]
+    samples, y = [samples[i] for i in labelled], y[labelled]
+    x, errors = prepare_samples(samples, bundle.preprocessing)
+    bad = failed_indices(samples, errors)
+    keep = [i for i in range(len(samples)) if i not in bad]
+    if len(keep) < 2 or len(np.unique(y[keep])) < 2:
+        raise ValueError(f"{data}: {len(keep)} usable validation scans; too few to fit a temperature")
+    y = y[keep]
+    logits = raw_logits(bundle, to_model_input(x[keep]), batch_size)
+    t = fit_bundle_temperature(bundle, logits, y)
+    if min(t / T_BOUNDS[0], T_BOUNDS[1] / t) < 1.01:
+        print(f"warning: the temperature {t:.4g} sits on its search bound {T_BOUNDS}; check the model and data")
+    before = calibration_report(y, probabilities_at(bundle, logits, 1.0), n_bins)
+    after = calibration_report(y, probabilities_at(bundle, logits, t), n_bins)
+    record = {
+        "temperature": t,
+        "method": "temperature scaling (Guo et al. 2017): T minimising the validation NLL"
+                  + ("; one T shared by both cascade stages" if bundle.kind == "cascade" else ""),
+        "fitted_on": "rows with split 'val' in split.csv" + (
+            ", without twins of its 'train' rows (as they are, mirrored, flipped: xai_bt.data.twins)" if twin_free else ""),
+        "tta": bundle.tta,
+        "data": str(data),
+        "n_val": int(len(y)),
+        "n_val_twins_left_out": int(n_twins),
+        "n_missing": len(missing),
+        "n_unreadable": len(bad),
+        "n_bins": n_bins,
+        "before": _summary(before),
+        "after": _summary(after),
+    }
+    if old is not None:
+        record["replaced_temperature"] = bundle.temperature
+    bundle.config["temperature"] = t
+    bundle.config["calibration"] = record
+    write_config(bundle.path, bundle.config)
+    write_model_card(bundle.path)
+    return record
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """Human-readable before/after lines of a calibration record."""
+    b, a = record["before"], record["after"]
+    lines = [f"temperature T = {record['temperature']:.4f}  (fitted on {record['n_val']} validation scans"
+             + (f"; {record['n_val_twins_left_out']} more left out as twins of training scans"
+                if record.get("n_val_twins_left_out") else "")
+             + (f", {record['n_missing']} listed in split.csv not found" if record.get("n_missing") else "")
+             + ")",
+             f"  {'validation':12s} {'NLL':>8s} {'ECE':>8s} {'MCE':>8s} {'Brier':>8s} {'accuracy':>9s} "
+             f"{'confidence':>11s}"]
+    for name, r in (("before (T=1)", b), ("after", a)):
+        lines.append(f"  {name:12s} {r['nll']:8.4f} {r['ece']:8.4f} {r['mce']:8.4f} {r['brier']:8.4f} "
+                     f"{r['accuracy']:9.4f} {r['mean_confidence']:11.4f}")
+    return "\n".join(lines)

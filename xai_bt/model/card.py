@@ -1,0 +1,137 @@
+"""MODEL_CARD.md beside every bundle, rendered from what bundle.json records (never typed by hand)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from xai_bt.data.twins import describe_twins
+
+
+_PART_NAMES = {"official": "all test scans", "leakage_free": "leakage-free test scans (no twin learnt from)"}
+
+
+def _validation_note(tr: dict[str, Any], tc: dict[str, Any], calibrated: bool) -> str:
+    """How validation was carved out, and whether that split can be trusted under today's twin definition."""
+    recorded = tr.get("twin_transforms")
+    if tc.get("split_csv"):
+        how = f"the split of `{tc['split_csv']}`"
+    elif recorded:
+        how = f"validation carved out by twin group ({describe_twins(tc.get('dedup_threshold'), recorded)})"
+    else:
+        how = f"validation carved out by near-duplicate group at r >= {tc.get('dedup_threshold')}"
+    if not recorded:
+        how += (", scans compared as they are only (mirrored twins were not caught then"
+                + ("; see the temperature line)" if calibrated else ")"))
+    return how
+
+
+def _calibration_note(config: dict[str, Any]) -> str:
+    """Where the temperature was fitted: how many validation scans, how many left out as twins."""
+    cal = config.get("calibration")
+    if not cal:
+        return ""
+    note = f" (fitted on {cal['n_val']} validation scans"
+    if cal.get("n_val_twins_left_out"):
+        note += (f"; {cal['n_val_twins_left_out']} more were left out because they have a twin, as they are "
+                 "or mirrored, among the training scans")
+    elif "n_val_twins_left_out" not in cal:
+        note += "; validation twins of training scans were not left out then"
+    return note + ")"
+
+
+def render_model_card(config: dict[str, Any]) -> str:
+    """Markdown card: what the model is, its data, split, preprocessing, training command and metrics."""
+    tr = config.get("training", {})
+    tc = tr.get("config", {})
+    lines = [f"# Model card: {config.get('name')}", "",
+             f"- **Kind**: {config['kind']} ({config.get('task', 'tumor')} classifier), architecture "
+             f"`{config.get('arch')}`",
+             f"- **Classes**: {', '.join(config['class_names'])}"]
+    if config.get("view_names"):
+        lines.append(f"- **Views** (first stage): {', '.join(config['view_names'])}; view model "
+                     f"`{config.get('view_model')}`")
+    lines += [f"- **Preprocessing** (applied by every xai_bt path): `{json.dumps(config['preprocessing'])}`; "
+              "input is grayscale in [0, 255], backbone scaling is inside the network",
+              f"- **Last conv layer** (default CAM layer): `{config['last_conv_layer']}`",
+              f"- **Temperature** (calibration): {config.get('temperature', 1.0):.4g}{_calibration_note(config)}",
+              f"- **Test-time augmentation**: {config.get('tta', 'none')}"
+              + (" (logits averaged over the scan and its left-right mirror; heatmaps explain the "
+                 "un-flipped pass)" if config.get("tta") == "hflip" else "")]
+    if tr:
+        hw = tr.get("hardware", {})
+        lines += ["", "## Training", "",
+                  f"- **Data**: `{tc.get('data')}`; {tr.get('n_train')} training, {tr.get('n_val')} validation, "
+                  f"{tr.get('n_test')} test scans (split in `split.csv`; {_validation_note(tr, tc, bool(config.get('calibration')))})",
+                  f"- **Command**: `{training_command(tc)}`",
+                  f"- **Time**: {tr.get('seconds', 0) / 60:.1f} min on "
+                  f"{'CPU only' if hw.get('accelerator', 'none') == 'none' else hw['accelerator']}, "
+                  f"{hw.get('cpu_count')} CPU cores ({hw.get('processor')}), Keras "
+                  f"{hw.get('keras')} / {hw.get('backend')} backend, {tr.get('replicas', 1)} replica(s) "
+                  f"under the `{tc.get('strategy', 'default')}` strategy",
+                  f"- **Skipped files**: {len(tr.get('skipped_files', []))}"]
+    for data, m in (config.get("metrics") or {}).items():
+        lines += ["", f"## Metrics on `{data}` ({m.get('test_set')})", ""]
+        if m.get("twin_transforms"):
+            lines += [f"Leakage-free: the test scans with no twin ({describe_twins(m.get('dedup_threshold'), m['twin_transforms'])}) "
+                      f"among the {m.get('reference_scans')} scans the model learnt from (train and validation).", ""]
+        lines += ["| test set | n | n per class | accuracy (95% CI) | macro-F1 | macro-AUC |",
+                  "|---|---|---|---|---|---|"]
+        for part in ("official", "leakage_free"):
+            r = m.get(part)
+            if r:
+                ci = r["accuracy_ci"]
+                auc = "n/a" if r.get("macro_auc") is None else f"{r['macro_auc']:.4f}"
+                per = " / ".join(f"{c} {pc['support']}" for c, pc in r["per_class"].items())
+                lines.append(f"| {_PART_NAMES[part]} | {r['n']} | {per} | {r['accuracy']:.4f} "
+                             f"({ci['low']:.4f}-{ci['high']:.4f}) | {r['macro_f1']:.4f} | {auc} |")
+        for part in ("official", "leakage_free"):
+            r = m.get(part)
+            if not r:
+                continue
+            lines += ["", f"Per class, {_PART_NAMES[part]}:", "",
+                      "| class | precision | recall | specificity | F1 | AUC | n |", "|---|---|---|---|---|---|---|"]
+            for c, pc in r["per_class"].items():
+                auc = "n/a" if pc.get("auc") is None else f"{pc['auc']:.4f}"
+                cells = " | ".join("n/a" if pc[k] is None else f"{pc[k]:.4f}"
+                                   for k in ("precision", "recall", "specificity", "f1"))
+                lines.append(f"| {c} | {cells} | {auc} | {pc['support']} |")
+        lines += ["", f"Reproduce: `python -m xai_bt evaluate {config.get('name')} --data {data}` "
+                      "(from the bundle's parent folder, with the dataset at that path)."]
+    return "\n".join(lines) + "\n"
+
+
+def training_command(tc: dict[str, Any]) -> str:
+    """The `python -m xai_bt train ...` line that repeats a run."""
+    pre = tc.get("preprocessing", {})
+    parts = ["python -m xai_bt train", f"--arch {tc.get('arch')}", f"--data {tc.get('data')}",
+             f"--out {tc.get('out')}"]
+    opts = [("task", "tumor"), ("epochs", None), ("batch_size", None), ("lr", None), ("fine_tune_lr", None),
+            ("freeze_epochs", 0), ("weights", None), ("schedule", "plateau"), ("patience", 6),
+            ("dropout", None), ("val_fraction", 0.15), ("split_csv", None), ("seed", 0), ("limit", None),
+            ("view_model", None), ("init_from", None), ("strategy", "default"), ("time_limit", None), ("budget", None)]
+    for key, default in opts:
+        v = tc.get(key)
+        if v is not None and v != default:
+            flag = "--split" if key == "split_csv" else "--" + key.replace("_", "-")
+            parts.append(f"{flag} {v}")
+    if not tc.get("augment", True):
+        parts.append("--no-augment")
+    if pre:
+        parts.append(f"--image-size {pre.get('image_size')}")
+        if not pre.get("crop_to_head", True):
+            parts.append("--crop-to-head no")
+        if pre.get("denoise"):
+            parts.append(f"--denoise {pre['denoise']}")
+        if pre.get("intensity", "none") != "none":
+            parts.append(f"--intensity {pre['intensity']}")
+    return " ".join(parts)
+
+
+def write_model_card(bundle_path: str | Path) -> Path:
+    from xai_bt.model.bundle import read_config
+
+    config = read_config(bundle_path)
+    out = Path(bundle_path) / "MODEL_CARD.md"
+    out.write_text(render_model_card(config))
+    return out

@@ -1,0 +1,200 @@
+"""Review content as HTML: one self-contained page (images as base64 PNG, inline CSS, no scripts).
+
+`render_report` makes the page `report` writes; `case_html`, `model_html`, `notes_html` and `page` are
+the pieces `serve` reuses, so the file and the web app show the same thing. Every text that comes from
+outside (file names, error messages, bundle fields) is HTML-escaped. `write_report` writes atomically.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from xai_bt.review.case import HEATMAP_NOTES, words
+
+CSS = """
+body { font-family: -apple-system, 'DejaVu Sans', Arial, sans-serif; max-width: 980px; margin: 1.5em auto;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top: 1.6em; }
+h3 { font-size: 1.0em; margin: 1em 0 0.3em; }
+.meta { color: #555; font-size: 0.9em; }
+.box { border: 1px solid #ccc; border-radius: 6px; padding: 0.6em 1em; margin: 1em 0; background: #fafafa; }
+.caution { border-left: 5px solid #D55E00; background: #fff6ef; }
+.case { border-top: 2px solid #888; margin-top: 1.5em; padding-top: 0.5em; }
+.prediction { font-size: 1.25em; }
+.failed { color: #a33; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.2em 0.7em; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.bar { display: inline-block; height: 0.8em; background: #0072B2; vertical-align: middle; }
+.row { display: flex; gap: 1em; flex-wrap: wrap; align-items: flex-start; }
+img { max-width: 100%; height: auto; }
+img.scan { max-width: 260px; border: 1px solid #ccc; }
+figure { margin: 0; } figcaption { font-size: 0.85em; color: #555; }
+"""
+
+
+def esc(value: Any) -> str:
+    """Text -> HTML-escaped text (quotes too)."""
+    return html.escape(str(value), quote=True)
+
+
+def img_tag(png: bytes, alt: str, cls: str = "") -> str:
+    """An <img> holding `png` as a base64 data URI."""
+    data = base64.b64encode(png).decode("ascii")
+    cls_attr = f' class="{esc(cls)}"' if cls else ""
+    return f'<img{cls_attr} alt="{esc(alt)}" src="data:image/png;base64,{data}">'
+
+
+def page(title: str, body: str) -> str:
+    """A complete HTML document with the shared stylesheet inline."""
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            '<link rel="icon" href="data:,">\n'
+            f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+
+
+def notes_html() -> str:
+    """The plain-language note on what a heatmap does and does not show."""
+    items = "\n".join(f"<li>{esc(n)}</li>" for n in HEATMAP_NOTES)
+    return (f'<section class="box caution" id="notes">\n<h2>How to read this page</h2>\n<ul>\n{items}\n</ul>\n'
+            "</section>")
+
+
+def model_html(summary: dict[str, Any]) -> str:
+    """Model card summary: name, architecture, classes, training data, calibration, test accuracy."""
+    rows = [("Model", f"{summary['name']} ({summary['kind']} {summary['task']} classifier)"),
+            ("Architecture", f"{summary['arch'] or 'not recorded'}, input {summary['input_size']} px"),
+            ("Classes", ", ".join(c.replace("_", " ") for c in summary["classes"]))]
+    if summary.get("views"):
+        rows.append(("Views (first stage)", ", ".join(summary["views"])))
+    if summary.get("training_data"):
+        counts = ", ".join(f"{summary[k]} {w}" for k, w in (("n_train", "training"), ("n_val", "validation"),
+                                                              ("n_test", "test")) if summary.get(k) is not None)
+        rows.append(("Training data", f"{summary['training_data']} ({counts} scans)" if counts
+                     else summary["training_data"]))
+    else:
+        rows.append(("Training data", "not recorded in the bundle"))
+    rows.append(("Calibration", f"temperature T = {summary['temperature']:.4g}"
+                 + (" (1 = not calibrated)" if summary["temperature"] == 1 else "")))
+    if summary.get("tta", "none") != "none":
+        rows.append(("Test-time augmentation", f"{summary['tta']} (probabilities average the scan and its mirror)"))
+    body = "\n".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
+    acc = _metrics_table(summary.get("metrics") or [])
+    return (f'<section class="box" id="model">\n<h2>Model</h2>\n<table>\n{body}\n</table>\n{acc}\n'
+            "<p class=\"meta\">Leakage-free: test scans with no twin (a near-copy as it is, mirrored or "
+            "flipped) among the scans the model learnt from. "
+            "The full card is MODEL_CARD.md in the model folder.</p>\n</section>")
+
+
+def _metrics_table(metrics: list[dict[str, Any]]) -> str:
+    """Test accuracy, official and leakage-free, with 95% CIs, per evaluated data set."""
+    if not metrics:
+        return "<p>No test metrics recorded in the bundle.</p>"
+    rows = []
+    for m in metrics:
+        cells = []
+        for part in ("official", "leakage_free"):
+            r = m.get(part)
+            if not r:
+                cells.append("<td>not measured</td>")
+                continue
+            ci = f" (95% CI {r['low']:.2%}–{r['high']:.2%})" if r.get("low") is not None else ""
+            cells.append(f'<td class="num">{r["accuracy"]:.2%}{ci}, n = {r["n"]}</td>')
+        rows.append(f"<tr><td>{esc(m['data'])}</td>{''.join(cells)}</tr>")
+    return ("<h3>Test accuracy</h3>\n<table>\n<tr><th>data set</th><th>official test split</th>"
+            f"<th>leakage-free part</th></tr>\n{chr(10).join(rows)}\n</table>")
+
+
+def case_html(case: dict[str, Any], index: int = 0) -> str:
+    """One scan: prediction, probabilities, view, the scan, the heatmap figure, map numbers, notes."""
+    title = f'<h2>{esc(case["name"])}</h2>'
+    if case["status"] != "ok":
+        return (f'<section class="case" id="case-{index}">\n{title}\n<p class="failed">Could not be reviewed: '
+                f'{esc(case["error"])}</p>\n</section>')
+    view = ""
+    if case.get("view"):
+        vp = case["view_probabilities"][case["view"]]
+        view = (f'<p id="view-{index}">MRI view: <strong>{esc(case["view"])}</strong> ({vp:.0%}, from the '
+                f'{esc(case["view_source"])})</p>')
+    notes = "".join(f"<li>{esc(n)}</li>" for n in case.get("notes", []))
+    return f"""<section class="case" id="case-{index}">
+{title}
+<p class="prediction">Predicted:
+<strong id="prediction-{index}" class="predicted">{esc(words(case["prediction"]))}</strong> (calibrated probability {case["confidence"]:.1%})</p>
+{view}
+<div class="row">
+<figure>{img_tag(case["scan_png"], "the uploaded scan", "scan")}<figcaption>The scan as given
+({case["original_shape"][1]}x{case["original_shape"][0]} px)</figcaption></figure>
+<div>{_probability_table(case)}</div>
+</div>
+<figure>{img_tag(case["figure_png"], "heatmaps: " + ", ".join(case["methods"]))}
+<figcaption>Heatmaps explaining the predicted class. Outline: the top {case["top_k"]:.0%} of each map.
+Magma maps are non-negative; red/blue maps are signed (red: evidence for the class, blue: against).</figcaption>
+</figure>
+{_maps_table(case)}
+<ul>{notes}</ul>
+</section>"""
+
+
+def _probability_table(case: dict[str, Any]) -> str:
+    """All class probabilities with bars, highest first."""
+    rows = []
+    for name, p in sorted(case["probabilities"].items(), key=lambda kv: -kv[1]):
+        strong = name == case["prediction"]
+        label = f"<strong>{esc(words(name))}</strong>" if strong else esc(words(name))
+        rows.append(f'<tr><td>{label}</td><td class="num">{p:.1%}</td>'
+                    f'<td><span class="bar" style="width:{max(1, round(150 * p))}px"></span></td></tr>')
+    return (f"<table class=\"probabilities\">\n<tr><th>class</th><th>probability</th><th></th></tr>\n"
+            f"{chr(10).join(rows)}\n</table>\n<p class=\"meta\">After temperature scaling "
+            f"(T = {case['temperature']:.4g}).</p>")
+
+
+def _maps_table(case: dict[str, Any]) -> str:
+    """Where each map peaks (as a fraction of the scan) and how large its top region is."""
+    from xai_bt.attribution.registry import label
+
+    rows = []
+    for method, m in case["maps"].items():
+        pk = m.get("peak_original_fraction")
+        where = f"{pk['row']:.0%} down, {pk['col']:.0%} across" if pk else "n/a"
+        rows.append(f"<tr><td>{esc(label(method))}</td><td>{esc(where)}</td>"
+                    f'<td class="num">{m["top_k_area_fraction"]:.1%}</td>'
+                    f"<td>{'signed' if m['signed'] else 'non-negative'}</td></tr>")
+    return ("<table class=\"maps\">\n<tr><th>method</th><th>peak on the scan</th><th>top region area</th>"
+            f"<th>values</th></tr>\n{chr(10).join(rows)}\n</table>")
+
+
+def render_report(cases: Sequence[dict[str, Any]], summary: dict[str, Any], title: str = "xai_bt review report",
+                  generated: datetime | None = None) -> str:
+    """The whole report page: header, reading notes, model summary, failures, then one section per scan."""
+    generated = generated or datetime.now(timezone.utc)
+    failed = [c for c in cases if c["status"] != "ok"]
+    head = (f"<h1>{esc(title)}</h1>\n<p class=\"meta\">{len(cases) - len(failed)} scan(s) reviewed, "
+            f"{len(failed)} failed · model {esc(summary['name'])} · generated "
+            f"{generated.strftime('%Y-%m-%d %H:%M UTC')} by xai_bt</p>")
+    failures = ""
+    if failed:
+        rows = "\n".join(f"<tr><td>{esc(c['name'])}</td><td>{esc(c['error'])}</td></tr>" for c in failed)
+        failures = (f'<section class="box" id="failures">\n<h2 class="failed">Files that could not be reviewed '
+                    f"({len(failed)})</h2>\n<table>\n<tr><th>file</th><th>problem</th></tr>\n{rows}\n</table>\n"
+                    "</section>")
+    sections = "\n".join(case_html(c, i) for i, c in enumerate(c for c in cases if c["status"] == "ok"))
+    return page(title, "\n".join(p for p in (head, notes_html(), model_html(summary), failures, sections) if p))
+
+
+def write_report(path: str | os.PathLike, text: str, overwrite: bool = False) -> Path:
+    """Write the page atomically (temporary file, then rename); FileExistsError unless `overwrite`."""
+    from xai_bt.io.batches import write_atomic
+
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target}: already exists; pass --overwrite to replace it")
+    if target.is_dir():
+        raise IsADirectoryError(f"{target}: is a folder; give a file name such as report.html")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(target, text.encode("utf-8"))
+    return target
