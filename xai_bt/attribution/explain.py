@@ -22,6 +22,7 @@ from xai_bt.attribution import cams, gradients, registry
 from xai_bt.attribution.gradients import Attribution
 from xai_bt.attribution.registry import METHODS, OPTIONS
 from xai_bt.attribution.result import Explanation
+from xai_bt.model import provenance
 
 __all__ = ["attribute", "explain_batch", "explain", "METHODS", "OPTIONS"]
 
@@ -98,7 +99,7 @@ def explain(model, images, methods: Sequence[str] | str = ("gradcam",), target: 
     if bundle.kind == "cascade" and network == "model":
         return _explain_cascade(bundle, images, methods, target, layer, batch_size, options)
     name, net = _network(bundle, network)
-    names = _class_names(bundle, name)
+    names = provenance.network_classes(bundle, name)
     x, paths = _prepare(bundle, images, target)
     cam_layer = _cam_layer(bundle, net, layer, methods)
     if options.get("background") is not None:
@@ -141,7 +142,7 @@ def _explain_cascade(bundle, images, methods: tuple[str, ...], target: Target, l
     stage 1's "no_tumor" score, the others by stage 2's tumor-type score: the network that made the
     call. Probabilities and class names are the four-class ones; `Explanation.network` says which stage."""
     names = tuple(bundle.class_names)
-    stage_classes = {"stage1": list(bundle.config["stage1_classes"]), "stage2": list(bundle.config["stage2_classes"])}
+    stage_classes = {stage: list(provenance.network_classes(bundle, stage)) for stage in ("stage1", "stage2")}
     x, paths = _prepare(bundle, images, target)
     background = options.pop("background", None)
     stage_options = {stage: options if background is None else
@@ -154,7 +155,7 @@ def _explain_cascade(bundle, images, methods: tuple[str, ...], target: Target, l
         targets = pred.probabilities.argmax(axis=1) if target is None else _resolve_targets(target, len(xb), names, start)
         chunk: list[Explanation | None] = [None] * len(xb)
         for stage, classes in stage_classes.items():
-            rows = [i for i, t in enumerate(targets) if (names[t] == "no_tumor") == (stage == "stage1")]
+            rows = [i for i, t in enumerate(targets) if provenance.decision_network(bundle, names[t]) == stage]
             if not rows:
                 continue
             net = bundle.networks[stage]
@@ -187,17 +188,11 @@ def _check_options(methods: tuple[str, ...], options: dict[str, Any]) -> None:
 
 
 def _network(bundle, network: str):
-    name = ("model" if "model" in bundle.networks else "stage2") if network == "model" else network
+    name = provenance.decision_network(bundle, "tumor") if network == "model" else network
     if name not in bundle.networks:
         raise ValueError(f"network {network!r} is not in this {bundle.kind} bundle; "
                          f"choose 'model' or one of {sorted(bundle.networks)}")
     return name, bundle.networks[name]
-
-
-def _class_names(bundle, name: str) -> tuple[str, ...]:
-    if bundle.kind == "cascade":
-        return tuple(bundle.config[f"{name}_classes"])
-    return bundle.view_names if name == "view" else bundle.class_names
 
 
 def _network_probabilities(bundle, pred, name: str) -> np.ndarray:
@@ -216,12 +211,9 @@ def _prepare(bundle, images, target: Target) -> tuple[np.ndarray, list[str | Non
 
 def _cam_layer(bundle, net, layer: str | None, methods: tuple[str, ...]) -> str | None:
     """The CAM family's layer on `net` when a CAM method is asked for, else None."""
-    return (layer or _default_layer(bundle, net)) if any(registry.spec(m).is_cam for m in methods) else None
-
-
-def _default_layer(bundle, net) -> str:
-    """The bundle's last conv layer, or the network's last spatial layer when it has no such layer."""
-    return bundle.last_conv_layer if bundle.last_conv_layer in cams.spatial_layers(net) else cams.default_layer(net)
+    if not any(registry.spec(m).is_cam for m in methods):
+        return None
+    return layer or provenance.cam_layer(bundle, net)
 
 
 def _resolve_targets(target: Target, n: int, names: tuple[str, ...], start: int) -> np.ndarray:

@@ -15,17 +15,7 @@ import numpy as np
 from xai_bt.audit.localisation import LOCALISATION_SCORES
 from xai_bt.review.html import img_tag
 from xai_bt.review.case import figure_png
-from xai_bt.plots.style import HEATMAP_CMAP, PALETTE, style_context
-
-LABELS = {
-    "pointing_game": "Pointing game", "energy_pointing_game": "Energy pointing game",
-    "relevance_rank_accuracy": "Relevance rank accuracy", "topk_iou": "Top-5% IoU",
-    "outside_head_share": "Share outside the head", "corner_share": "Share in the corners",
-    "deletion_auc": "Deletion AUC (lower better)", "insertion_auc": "Insertion AUC (higher better)",
-    "road_morf": "ROAD MoRF (lower better)", "road_lerf": "ROAD LeRF (higher better)",
-    "mask_fraction": "Mask area (chance level)",
-}
-MASK_COLOR = "#00E5FF"  # cyan: visible on magma and on gray
+from xai_bt.plots.audit import SCORE_LABELS, faithfulness_figure, gallery_figure, localisation_figure, sanity_figure
 
 DEFINITIONS = """
 <dl>
@@ -126,12 +116,12 @@ def _score_table(s: dict[str, Any], names: Sequence[str]) -> str:
     chance = _ci(s["chance"]["all"]["mask_fraction"])
     rows.append(["<i>chance (mask area)</i>"] + [chance if n in ("energy_pointing_game", "relevance_rank_accuracy")
                                                 else "" for n in names] + [""])
-    return _table(["Method"] + [LABELS[n] for n in names] + ["n"], rows)
+    return _table(["Method"] + [SCORE_LABELS[n] for n in names] + ["n"], rows)
 
 
 def _localisation(s: dict[str, Any]) -> str:
     return ("<h2>Localisation</h2><p>Higher is better; each score lies in [0, 1].</p>"
-            + _score_table(s, LOCALISATION_SCORES) + _img(_localisation_figure(s)))
+            + _score_table(s, LOCALISATION_SCORES) + _img(_png(localisation_figure(s))))
 
 
 def _groups(s: dict[str, Any]) -> str:
@@ -149,8 +139,8 @@ def _groups(s: dict[str, Any]) -> str:
                              _ci(e["relevance_rank_accuracy"]), _ci(s["chance"][group][k]["mask_fraction"]),
                              str(e["energy_pointing_game"]["n"])])
         out.append(f"<h3>{title}</h3>" + _table(
-            ["Method", title, LABELS["pointing_game"], LABELS["energy_pointing_game"],
-             LABELS["relevance_rank_accuracy"], LABELS["mask_fraction"], "n"], rows))
+            ["Method", title, SCORE_LABELS["pointing_game"], SCORE_LABELS["energy_pointing_game"],
+             SCORE_LABELS["relevance_rank_accuracy"], SCORE_LABELS["mask_fraction"], "n"], rows))
     return "".join(out)
 
 
@@ -159,7 +149,7 @@ def _shortcuts(s: dict[str, Any]) -> str:
             for m in s["methods"]]
     return ("<h2>Shortcut evidence</h2><p>Share of positive attribution where no tumor can be (lower is "
             "better; a uniform map puts 4% in the corners).</p>"
-            + _table(["Method", LABELS["outside_head_share"], LABELS["corner_share"]], rows))
+            + _table(["Method", SCORE_LABELS["outside_head_share"], SCORE_LABELS["corner_share"]], rows))
 
 
 def _faithfulness(s: dict[str, Any]) -> str:
@@ -168,7 +158,7 @@ def _faithfulness(s: dict[str, Any]) -> str:
     names = ("deletion_auc", "insertion_auc", "road_morf", "road_lerf")
     rows = [[m] + [_ci(v["summary"][n]) for n in names] for m, v in s["faithfulness"].items()]
     return (f"<h2>Faithfulness</h2><p>On {s['settings']['faithfulness_images']} scans (seeded random subset).</p>"
-            + _table(["Method"] + [LABELS[n] for n in names], rows) + _img(_faithfulness_figure(s)))
+            + _table(["Method"] + [SCORE_LABELS[n] for n in names], rows) + _img(_png(faithfulness_figure(s))))
 
 
 def _sanity(s: dict[str, Any]) -> str:
@@ -183,7 +173,7 @@ def _sanity(s: dict[str, Any]) -> str:
     return (f"<h2>Sanity check (model randomisation)</h2><p>{san['n_images']} scans; cascade steps, top down: "
             f"{html.escape(', '.join(san['layers']))}.</p>"
             + _table(["Method", "Spearman after full randomisation", "SSIM", "Verdict"], rows)
-            + _img(_sanity_figure(s)))
+            + _img(_png(sanity_figure(s))))
 
 
 def _num(v: float | None) -> str:
@@ -199,114 +189,16 @@ def _png(fig, dpi: int = 130) -> bytes:
     return figure_png(fig, dpi, close=True)
 
 
-def _localisation_figure(s: dict[str, Any]) -> bytes:
-    """Point and 95% CI per method for each localisation score; the chance level as a dashed line."""
-    import matplotlib.pyplot as plt
-
-    methods = s["methods"]
-    chance = s["chance"]["all"]["mask_fraction"]["mean"]
-    with style_context():
-        fig, axes = plt.subplots(1, len(LOCALISATION_SCORES), figsize=(9, 0.35 * len(methods) + 1.2), sharey=True)
-        for ax, name in zip(axes, LOCALISATION_SCORES):
-            for row, m in enumerate(methods):
-                e = s["scores"][m]["all"][name]
-                if e["mean"] is None:
-                    continue
-                ax.errorbar(e["mean"], row, xerr=[[e["mean"] - e["low"]], [e["high"] - e["mean"]]], fmt="o",
-                            color=PALETTE[row % len(PALETTE)], ms=4, capsize=2)
-            if name in ("energy_pointing_game", "relevance_rank_accuracy") and chance is not None:
-                ax.axvline(chance, ls="--", color="0.5", lw=0.8)
-            ax.set_xlim(0, 1)
-            ax.set_title(LABELS[name])
-        axes[0].set_yticks(range(len(methods)), methods)
-        axes[0].invert_yaxis()
-    return _png(fig)
-
-
-def _faithfulness_figure(s: dict[str, Any]) -> bytes:
-    """Mean deletion and insertion curves per method."""
-    import matplotlib.pyplot as plt
-
-    with style_context():
-        fig, axes = plt.subplots(1, 2, figsize=(7.2, 2.6), sharey=True)
-        for i, (m, v) in enumerate(s["faithfulness"].items()):
-            for ax, curve in zip(axes, ("deletion", "insertion")):
-                ax.plot(v["curves"]["fraction"], v["curves"][curve], label=m, color=PALETTE[i % len(PALETTE)])
-        for ax, curve in zip(axes, ("deletion", "insertion")):
-            ax.set_title(f"{curve.capitalize()} (mean over scans)")
-            ax.set_xlabel(f"fraction of pixels {'removed' if curve == 'deletion' else 'restored'}")
-        axes[0].set_ylabel("probability of explained class")
-        axes[1].legend(loc="lower right")
-    return _png(fig)
-
-
-def _sanity_figure(s: dict[str, Any]) -> bytes:
-    """Mean Spearman correlation with the trained model's maps after each randomisation step."""
-    import matplotlib.pyplot as plt
-
-    san = s["sanity"]
-    with style_context():
-        fig, ax = plt.subplots(figsize=(7.2, 2.8))
-        for i, (m, v) in enumerate(san["methods"].items()):
-            rho = [np.nan if st["spearman"] is None else st["spearman"] for st in v["steps"]]
-            ax.plot(range(len(rho)), rho, marker="o", ms=3, label=m, color=PALETTE[i % len(PALETTE)])
-        ax.axhline(0.5, ls="--", color="0.5", lw=0.8)
-        ax.set_xticks(range(len(san["layers"])), san["layers"], rotation=45, ha="right")
-        ax.set_ylabel("Spearman vs trained maps")
-        ax.set_xlabel("randomised from the top down to")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
-    return _png(fig)
-
-
-def overlay(ax, image: np.ndarray, heatmap: np.ndarray, mask: np.ndarray, alpha: float = 0.55) -> None:
-    """Draw a scan in gray, its map's positive part in the heatmap colour map, and the mask's outline."""
-    pos = np.clip(np.asarray(heatmap, np.float64), 0, None)
-    top = np.percentile(pos, 99.5) if pos.max() > 0 else 1.0
-    ax.imshow(image, cmap="gray", vmin=0, vmax=255)
-    ax.imshow(np.clip(pos / (top or 1.0), 0, 1), cmap=HEATMAP_CMAP, alpha=alpha, vmin=0, vmax=1)
-    if mask.any():
-        ax.contour(mask.astype(float), levels=[0.5], colors=MASK_COLOR, linewidths=1.0)
-    y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
-    ax.plot(x, y, marker="+", color="white", ms=8, mew=1.5)
-    ax.set_axis_off()
-
-
-def gallery_figure(method: str, items: Sequence[dict[str, Any]]) -> bytes:
-    """One method's best (top row) and worst (bottom row) scans by energy pointing game."""
-    import matplotlib.pyplot as plt
-
-    rows = [[it for it in items if it["kind"] == kind] for kind in ("best", "worst")]
-    cols = max(1, max(len(r) for r in rows))
-    with style_context():
-        fig, axes = plt.subplots(2, cols, figsize=(1.9 * cols, 4.4), squeeze=False)
-        for r, (kind, row) in enumerate(zip(("best", "worst"), rows)):
-            for c in range(cols):
-                ax = axes[r, c]
-                if c >= len(row):
-                    ax.set_axis_off()
-                    continue
-                it = row[c]
-                overlay(ax, it["image"], it["map"], it["mask"])
-                ax.set_title(f"{kind}: {it['label']} ({it.get('plane') or ''})\n"
-                             f"energy {it['energy_pointing_game']:.2f}, hit {_hit(it['pointing_game'])}\n"
-                             f"pred {it['prediction']} {it['confidence']:.2f}", fontsize=6.5)
-        fig.suptitle(f"{method}: best and worst scans by energy pointing game (cyan: tumor mask, +: peak)")
-    return _png(fig, dpi=110)
-
-
-def _hit(v: float) -> str:
-    return "-" if not np.isfinite(v) else ("yes" if v >= 0.5 else "no")
-
-
 def _gallery(s: dict[str, Any], gallery: dict[str, list[dict[str, Any]]]) -> str:
     if not gallery:
         return ""
     out = ["<h2>Gallery</h2><p>Per method, the scans with the highest and lowest energy pointing game. "
-           "Heatmap: positive attribution (magma, scaled to its 99.5th percentile) over the scan as the model "
-           "saw it; cyan: the tumor mask; white +: the map's peak.</p>"]
+           "Heatmap: the same overlay as the explanation figures (magma for non-negative maps, red-blue centred on "
+           "zero for signed ones, opacity growing with the value) over the scan as the model saw it; dashed green: "
+           "the tumor mask; white +: the map's peak.</p>"]
     for method, items in gallery.items():
         if items:
-            out.append(f"<h3>{html.escape(method)}</h3>" + _img(gallery_figure(method, items))
+            out.append(f"<h3>{html.escape(method)}</h3>" + _img(_png(gallery_figure(method, items), dpi=110))
                        + "<p class='muted'>" + "<br>".join(html.escape(f"{it['kind']}: {it['path']}") for it in items)
                        + "</p>")
     return "".join(out)

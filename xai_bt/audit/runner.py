@@ -166,21 +166,13 @@ def prepare_set(bundle, samples: Sequence[Sample], sources: Sequence[MaskSource]
                     sources=[sources[i].kind for i in keep], skipped=skipped)
 
 
-def training_root(bundle, train_data: str | None) -> str | None:
-    """Where the bundle's split.csv paths live: `train_data`, else the recorded training data folder."""
-    if train_data:
-        return train_data
-    recorded = bundle.config.get("training", {}).get("config", {}).get("data")
-    return recorded if recorded and os.path.isdir(recorded) else None
-
-
 def select_unseen(bundle, samples: Sequence[Sample], train_data: str | None = None,
                   threshold: float = TWIN_THRESHOLD, progress: bool = False) -> Selection:
     """Mark the samples with no twin (xai_bt.data.twins, at r >= threshold) or shared patient among the bundle's
     "train" rows; also measure each sample's closest "val" row. Raises ValueError when the bundle has no
     split.csv or its training data cannot be found (the caller suggests --train-data or --all)."""
     from xai_bt.data.twins import thumbnails
-    from xai_bt.evaluation.evaluate import split_table
+    from xai_bt.model.provenance import split_table, training_root
     from xai_bt.data.splits import leakage_free, max_similarity
 
     table = split_table(bundle)
@@ -204,23 +196,19 @@ def select_unseen(bundle, samples: Sequence[Sample], train_data: str | None = No
 
 
 def explained_network(bundle) -> tuple[Any, tuple[str, ...]]:
-    """The network whose maps are audited (the final classifier) and its class names."""
-    if bundle.kind == "cascade":
-        return bundle.networks["stage2"], tuple(bundle.config["stage2_classes"])
-    return bundle.networks["model"], bundle.class_names
+    """The network whose maps are audited and its class names: the one deciding the tumor classes the masks
+    outline (`provenance.decision_network`: stage 2 of a cascade, as `explain` uses for a tumor call)."""
+    from xai_bt.model.provenance import decision_network, network_classes
+
+    name = decision_network(bundle, "tumor")
+    return bundle.networks[name], network_classes(bundle, name)
 
 
 def cam_layer(bundle, layer: str | None) -> str:
-    """The CAM layer: `layer`, else the bundle's last conv layer, else the network's last spatial layer."""
-    from xai_bt.attribution.cams import spatial_layers
+    """The CAM layer of the audited network (`provenance.cam_layer`)."""
+    from xai_bt.model import provenance
 
-    net, _ = explained_network(bundle)
-    spatial = spatial_layers(net)
-    if layer is not None:
-        if layer not in spatial:
-            raise ValueError(f"{layer!r} is not a spatial layer of the model; e.g. {', '.join(spatial[-5:])}")
-        return layer
-    return bundle.last_conv_layer if bundle.last_conv_layer in spatial else spatial[-1]
+    return provenance.cam_layer(bundle, explained_network(bundle)[0], layer)
 
 
 def network_probabilities(bundle, x: np.ndarray, batch_size: int = 64) -> np.ndarray:

@@ -208,7 +208,7 @@ def unique_stems(files: list[str]) -> list[str]:
 
 def _output_names(stem: str, formats: list[str], methods: list[str], save_maps: bool) -> list[str]:
     """File names a scan's outputs have (and its temporary folder's name, the stem)."""
-    from xai_bt.plots.explanation import output_paths
+    from xai_bt.io.explanation_files import output_paths
 
     return [stem] + [p.name for p in output_paths(stem, ".", formats, methods, save_maps)]
 
@@ -216,7 +216,7 @@ def _output_names(stem: str, formats: list[str], methods: list[str], save_maps: 
 # --- which scans to do --------------------------------------------------------------------------
 
 def _outputs_exist(stem: str, out: Path, formats: list[str], methods: list[str], save_maps: bool) -> bool:
-    from xai_bt.plots.explanation import output_paths
+    from xai_bt.io.explanation_files import output_paths
 
     return all(p.exists() for p in output_paths(stem, out, formats, methods, save_maps))
 
@@ -259,7 +259,7 @@ def _resume(jobs: list[Job], index, out: Path, formats: list[str], methods: list
 
 def _skip_existing(job: Job, out: Path, formats: list[str], methods: list[str], args) -> bool:
     """Mark a scan whose outputs exist as skipped (unless --overwrite); True when skipped."""
-    from xai_bt.plots.explanation import output_paths
+    from xai_bt.io.explanation_files import output_paths
 
     existing = [p for p in output_paths(job.stem, out, formats, methods, args.save_maps) if p.exists()]
     if not existing:
@@ -335,7 +335,8 @@ def _explain_batch(batch: list[Job], data, bundle, methods: list[str], formats: 
     import numpy as np
 
     from xai_bt.attribution.explain import explain
-    from xai_bt.plots.explanation import GEOMETRY_KEY, save_explanation, scan_geometry
+    from xai_bt.attribution.summary import GEOMETRY_KEY, scan_geometry
+    from xai_bt.io.explanation_files import save_explanation
 
     for job, ok, error in zip(batch, data.ok, data.errors):
         if not ok:

@@ -16,6 +16,7 @@ import numpy as np
 
 from xai_bt.data.twins import TWIN_THRESHOLD, TWIN_TRANSFORMS
 from xai_bt.data.sample import Sample
+from xai_bt.model.provenance import recorded_root, relative_path, rows_of, split_table, training_root
 
 
 def evaluation_samples(bundle, samples: Sequence[Sample], data: str,
@@ -25,15 +26,12 @@ def evaluation_samples(bundle, samples: Sequence[Sample], data: str,
     The bundle's split.csv holds paths relative to its training data root; `train_data` says where
     that root is now (default: the recorded path if it exists, else `data` when it is the same dataset)."""
     table = split_table(bundle)
-    recorded = _recorded_root(bundle)
+    recorded = recorded_root(bundle)
     same_dataset = bool(recorded) and Path(data).resolve().name == Path(recorded).name
-    root = train_data or (recorded if recorded and Path(recorded).is_dir() else None)
-    root = root or (data if same_dataset else None)
-    trained = [Sample(path=os.path.join(root, rel)) for rel, part in table.items()
-               if part in ("train", "val")] if root else []
-    trained = [s for s in trained if Path(s.path).is_file()]
+    root = training_root(bundle, train_data, data)
+    trained = [s for s in rows_of(bundle, root, ("train", "val")) if Path(s.path).is_file()] if root else []
     if same_dataset:
-        own = [s for s in samples if table.get(_rel(s.path, data)) == "test"]
+        own = [s for s in samples if table.get(relative_path(s.path, data)) == "test"]
         if own:
             official = all(s.split == "test" for s in own)
             return own, trained, ("official test split" if official
@@ -44,23 +42,6 @@ def evaluation_samples(bundle, samples: Sequence[Sample], data: str,
     used = {os.path.normpath(s.path) for s in trained}
     unseen = [s for s in samples if os.path.normpath(s.path) not in used]
     return unseen, trained, "all scans of the dataset not used in training"
-
-
-def _recorded_root(bundle) -> str:
-    return bundle.config.get("training", {}).get("config", {}).get("data", "")
-
-
-def _rel(path: str, root: str) -> str:
-    return Path(os.path.relpath(path, root)).as_posix()
-
-
-def split_table(bundle) -> dict[str, str]:
-    """relative path -> train / val / test / unused, from the bundle's split.csv (empty if none)."""
-    f = Path(bundle.path) / "split.csv"
-    if not f.is_file():
-        return {}
-    with open(f, newline="") as fh:
-        return {r["path"]: r["split"] for r in csv.DictReader(fh)}
 
 
 def labels_for(bundle, samples: Sequence[Sample]) -> np.ndarray:

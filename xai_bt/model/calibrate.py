@@ -92,7 +92,7 @@ def validation_samples(bundle, data: str | os.PathLike, twin_free: bool = True) 
     training rows is left out: a model trained with flips has in effect seen it, so it would make the
     temperature and the TTA choice too confident. Bundles split since twins are mirror-aware lose none."""
     from xai_bt.data.datasets import load_dataset
-    from xai_bt.evaluation.evaluate import split_table
+    from xai_bt.model.provenance import split_table
     from xai_bt.data.splits import leakage_free
 
     table = split_table(bundle)

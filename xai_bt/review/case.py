@@ -51,7 +51,8 @@ def review_scan(bundle, source: str | os.PathLike | bytes, name: str | None = No
     errors; it is never used as a path). `view_bundle` is an optional view (plane) classifier.
     """
     from xai_bt.attribution.explain import explain
-    from xai_bt.plots.explanation import GEOMETRY_KEY, explanation_summary, plot_explanation, scan_geometry
+    from xai_bt.attribution.summary import GEOMETRY_KEY, explanation_summary, scan_geometry
+    from xai_bt.plots.explanation import plot_explanation
     from xai_bt.data.decode import read_image
 
     label = name if name is not None else str(source)

@@ -1,0 +1,79 @@
+"""Where a bundle came from and what is explained in it: its split table, training data root, the network
+that makes each decision, and the CAM layer. Evaluate, calibrate, explain and the audit all ask here, so
+they cannot disagree (e.g. which stage of a cascade a heatmap explains)."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+from xai_bt.data.sample import Sample
+
+__all__ = ["split_table", "recorded_root", "training_root", "rows_of", "relative_path", "decision_network",
+           "network_classes", "cam_layer"]
+
+
+def split_table(bundle) -> dict[str, str]:
+    """relative path -> train / val / test / unused, from the bundle's split.csv (empty if none)."""
+    f = Path(bundle.path) / "split.csv"
+    if not f.is_file():
+        return {}
+    with open(f, newline="") as fh:
+        return {r["path"]: r["split"] for r in csv.DictReader(fh)}
+
+
+def recorded_root(bundle) -> str:
+    """The training data folder as recorded at training time ("" if none)."""
+    return bundle.config.get("training", {}).get("config", {}).get("data", "") or ""
+
+
+def relative_path(path: str, root: str) -> str:
+    """`path` relative to `root`, with forward slashes: the form split.csv stores."""
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
+def training_root(bundle, train_data: str | None = None, data: str | None = None) -> str | None:
+    """Where the split.csv paths live now: `train_data`; else the recorded folder if it exists; else `data`
+    when it is the same dataset (same folder name) as the recorded one; else None."""
+    if train_data:
+        return train_data
+    recorded = recorded_root(bundle)
+    if recorded and os.path.isdir(recorded):
+        return recorded
+    if data and recorded and Path(data).resolve().name == Path(recorded).name:
+        return data
+    return None
+
+
+def rows_of(bundle, root: str, parts: tuple[str, ...] = ("train",)) -> list[Sample]:
+    """The bundle's split.csv rows of `parts` as samples under `root` (files that exist or not)."""
+    return [Sample(path=os.path.join(root, rel)) for rel, part in split_table(bundle).items() if part in parts]
+
+
+def decision_network(bundle, class_name: str | None = None) -> str:
+    """The network whose score decides `class_name`: "model", or for a cascade stage 1 for no tumor and
+    stage 2 for a tumor type (the class a heatmap explains picks the stage)."""
+    if bundle.kind != "cascade":
+        return "model"
+    return "stage1" if class_name == "no_tumor" else "stage2"
+
+
+def network_classes(bundle, name: str) -> tuple[str, ...]:
+    """Class names of one network of the bundle, in its output order."""
+    if bundle.kind == "cascade" and name in ("stage1", "stage2"):
+        return tuple(bundle.config[f"{name}_classes"])
+    return tuple(bundle.view_names) if name == "view" else tuple(bundle.class_names)
+
+
+def cam_layer(bundle, net: Any, layer: str | None = None) -> str:
+    """The CAM layer of `net`: `layer` (checked), else the bundle's last conv layer when `net` has it, else
+    the network's last spatial layer."""
+    from xai_bt.attribution.cams import default_layer, spatial_layers
+
+    spatial = spatial_layers(net)
+    if layer is not None:
+        if layer not in spatial:
+            raise ValueError(f"{layer!r} is not a spatial layer of the model; e.g. {', '.join(spatial[-5:])}")
+        return layer
+    return bundle.last_conv_layer if bundle.last_conv_layer in spatial else default_layer(net)
