@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from xai_bt import cli
-from xai_bt.cli.explain import parse_formats, resolve_target, unique_stems, UsageError
+from xai_bt.cli._common import UsageError, parse_formats, resolve_target
+from xai_bt.cli.explain import unique_stems
 from xai_bt.data.sample import CLASS_NAMES
 
 from conftest import SAMPLES

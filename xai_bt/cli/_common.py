@@ -1,4 +1,4 @@
-"""One module per CLI command: `add_arguments(parser)` and `main(args) -> int`."""
+"""Helpers every command shares: the one-line error, the twin threshold option, and checks of what the user asked for."""
 from __future__ import annotations
 
 import argparse
@@ -18,3 +18,62 @@ def add_threshold(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--threshold", type=float, default=TWIN_THRESHOLD,
                    help=f"twin threshold for {what}: Pearson r of 32x32 thumbnails, compared as they are, mirrored, "
                         f"flipped and turned (default {TWIN_THRESHOLD}, chosen in audits/twins/)")
+
+
+#: figure formats `explain` writes (lossless, for papers)
+FORMATS = ("png", "pdf", "svg")
+
+
+class UsageError(ValueError):
+    """A command-line value that cannot work; the message is shown as one line, exit code 2."""
+
+
+def parse_methods(text: str) -> list[str]:
+    """'gradcam,layercam' or 'all' -> registered method names, in the order given."""
+    from xai_bt.attribution import registry
+
+    names = list(dict.fromkeys(m.strip().lower() for m in text.split(",") if m.strip()))
+    if text.strip().lower() == "all":
+        return list(registry.names())
+    unknown = [m for m in names if m not in registry.names()]
+    if unknown or not names:
+        raise UsageError(f"unknown method {unknown[0] if unknown else text!r}; "
+                         f"choose from {', '.join(registry.names())} or all")
+    return names
+
+
+def parse_formats(text: str) -> list[str]:
+    """'png,pdf' -> ['png', 'pdf']; only formats matplotlib writes losslessly for papers. 'none' -> [] (no
+    figures: the JSON sidecar, and maps with --save-maps, only; the fast setting for large archives)."""
+    if text.strip().lower() == "none":
+        return []
+    names = list(dict.fromkeys(f.strip().lower().lstrip(".") for f in text.split(",") if f.strip()))
+    bad = [f for f in names if f not in FORMATS]
+    if bad or not names:
+        raise UsageError(f"unknown figure format {bad[0] if bad else text!r}; choose from {', '.join(FORMATS)} or none")
+    return names
+
+
+def check_numbers(top_k: float, batch_size: int) -> None:
+    """--top-k must be a fraction in (0, 1] and --batch-size positive."""
+    if not 0 < top_k <= 1:
+        raise UsageError(f"--top-k is a fraction of pixels in (0, 1], got {top_k}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+
+
+def resolve_target(name: str | None, class_names: tuple[str, ...]) -> str | None:
+    """--target as one of the model's class names (dataset spellings such as 'notumor' accepted)."""
+    from xai_bt.data.sample import normalise_label
+
+    if name is None:
+        return None
+    if name in class_names:
+        return name
+    try:
+        canonical = normalise_label(name)
+    except ValueError:
+        canonical = None
+    if canonical not in class_names:
+        raise UsageError(f"unknown target class {name!r}; this model knows {', '.join(class_names)}")
+    return canonical

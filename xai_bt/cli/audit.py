@@ -61,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from xai_bt.audit.runner import check_out, run_audit, write_audit
     from xai_bt.model.bundle import BundleError
-    from xai_bt.cli.explain import UsageError, parse_methods
+    from xai_bt.cli._common import UsageError, parse_methods
 
     start = time.perf_counter()
     try:
@@ -93,7 +93,7 @@ def _streamed(args: argparse.Namespace, methods: list[str], start: float) -> int
     """The streaming audit (xai_bt.audit.stream); errors propagate to main's one-line handler."""
     from xai_bt.io.batches import parse_shard
     from xai_bt.audit.stream import run_streaming
-    from xai_bt.cli.explain import UsageError
+    from xai_bt.cli._common import UsageError
 
     if args.resume and args.overwrite:
         raise UsageError("--resume keeps finished scans and --overwrite redoes them: choose one")

@@ -21,12 +21,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from xai_bt.model.bundle import BundleError
-    from xai_bt.evaluation.evaluate import evaluate_bundle
+    from xai_bt.evaluation.evaluate import evaluate_bundle, summary_text
 
     try:
-        evaluate_bundle(args.model, args.data, threshold=args.threshold, batch_size=args.batch_size,
+        results = evaluate_bundle(args.model, args.data, threshold=args.threshold, batch_size=args.batch_size,
                         calibrated=not args.raw, write=args.update_card, out=args.out, overwrite=args.overwrite,
                         train_data=args.train_data)
     except (BundleError, FileExistsError, ValueError, FileNotFoundError) as e:
         return fail(str(e))
+    print(summary_text(results))
     return 0

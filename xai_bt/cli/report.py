@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from xai_bt.model.bundle import BundleError, default_model_path, load_model
     from xai_bt.data.decode import iter_image_files
-    from xai_bt.cli.explain import UsageError, check_numbers, parse_methods
+    from xai_bt.cli._common import UsageError, check_numbers, parse_methods
 
     out = Path(args.out)
     try:

@@ -65,7 +65,7 @@ def main(args: argparse.Namespace) -> int:
     if path.resolve() != Path(cfg.out).resolve():
         print(f"non-chief worker: bundle copy in {path}; the chief evaluates and writes {cfg.out}")
     elif not args.no_evaluate:
-        from xai_bt.evaluation.evaluate import evaluate_bundle
+        from xai_bt.evaluation.evaluate import evaluate_bundle, summary_text
 
-        evaluate_bundle(path, args.data, write=True)
+        print(summary_text(evaluate_bundle(path, args.data, write=True)))
     return 0

@@ -115,7 +115,6 @@ def evaluate_bundle(model, data: str, threshold: float = TWIN_THRESHOLD, batch_s
         bundle.config.setdefault("metrics", {})[Path(data).name] = _summary(results)
         write_config(bundle.path, bundle.config)
         write_model_card(bundle.path)
-    print_summary(results)
     return results
 
 
@@ -154,19 +153,21 @@ def write_results(results: dict[str, Any], out: str, overwrite: bool = False) ->
     return files
 
 
-def print_summary(results: dict[str, Any]) -> None:
-    print(f"{results['model']} on {results['data']} ({results['test_set']})")
+def summary_text(results: dict[str, Any]) -> str:
+    """The evaluation in a few lines: accuracy with its CI, macro-F1 and -AUC per part, then per class."""
+    lines = [f"{results['model']} on {results['data']} ({results['test_set']})"]
     for part in ("official", "leakage_free"):
         r = results.get(part)
         if not r:
             continue
         ci = r["accuracy_ci"]
-        print(f"  {part:13s} n={r['n']:5d}  accuracy {r['accuracy']:.4f} "
-              f"(95% CI {ci['low']:.4f}-{ci['high']:.4f})  macro-F1 {r['macro_f1']:.4f}  macro-AUC "
-              f"{r['macro_auc'] if r['macro_auc'] is None else round(r['macro_auc'], 4)}")
+        lines.append(f"  {part:13s} n={r['n']:5d}  accuracy {r['accuracy']:.4f} "
+                     f"(95% CI {ci['low']:.4f}-{ci['high']:.4f})  macro-F1 {r['macro_f1']:.4f}  macro-AUC "
+                     f"{r['macro_auc'] if r['macro_auc'] is None else round(r['macro_auc'], 4)}")
         for c, pc in r["per_class"].items():
-            print(f"      {c:12s} " + "  ".join(f"{k} {_num(pc[k])}" for k in ("precision", "recall", "specificity"))
-                  + f"  F1 {_num(pc['f1'])}  n={pc['support']}")
+            lines.append(f"      {c:12s} " + "  ".join(f"{k} {_num(pc[k])}" for k in ("precision", "recall", "specificity"))
+                         + f"  F1 {_num(pc['f1'])}  n={pc['support']}")
+    return "\n".join(lines)
 
 
 def _num(x: float | None) -> str:
