@@ -192,14 +192,14 @@ def test_split_table_reads_a_bundles_split_csv(tmp_path):
         read_split_table(str(tmp_path / "bad.csv"), str(root))
 
 
-def test_budget_stops_mid_epoch(tiny_benchmark, tmp_path, capsys):
+def test_budget_stops_mid_epoch(tiny_benchmark, tmp_path, caplog):
     """--budget is a hard training budget: spent after the first batch, the run stops inside epoch 1 of 3,
     still validates and saves a bundle whose card records the budget."""
     import csv
 
-    out = train(_cfg(tiny_benchmark, tmp_path / "budget", epochs=3, batch_size=2, budget=1e-4))
-    printed = capsys.readouterr().out
-    assert "training budget reached at batch 1;" in printed
+    with caplog.at_level("INFO", logger="xai_bt"):
+        out = train(_cfg(tiny_benchmark, tmp_path / "budget", epochs=3, batch_size=2, budget=1e-4))
+    assert "training budget reached at batch 1;" in caplog.text
     with open(out / "history.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 1 and "val_loss" in rows[0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
+from scipy.special import softmax
 
 from xai_bt.attribution.gradients import (Attribution, batch_pairs, cached, call, input_signature, score_output,
                                           scores, unit_max)
@@ -132,14 +133,9 @@ def scorecam(model, inputs: list[np.ndarray], targets: np.ndarray, acts: np.ndar
         span = masks.max(axis=(1, 2), keepdims=True) - lo
         masks = np.where(span > 0, (masks - lo) / np.where(span > 0, span, 1.0), 0.0)[..., None]
         logits = score_fn([inputs[0][img] * masks] + [a[img] for a in inputs[1:]])
-        weights[img, j] = _softmax(logits)[np.arange(len(img)), targets[img]]
+        weights[img, j] = softmax(logits, axis=1)[np.arange(len(img)), targets[img]]
     selected = np.take_along_axis(acts, channels[:, None, None, :], axis=3)
     return np.einsum("nhwc,nc->nhw", selected, weights)
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 # --- the family -------------------------------------------------------------------------------------------

@@ -19,9 +19,12 @@ from xai_bt.model.preprocessing import Preprocessing
 from xai_bt.data.sample import ImageError, Sample
 
 
-def cache_dir() -> Path:
-    """Where cached arrays live: $XAI_BT_CACHE or ~/.cache/xai_bt."""
-    return Path(os.environ.get("XAI_BT_CACHE", Path.home() / ".cache" / "xai_bt"))
+def cache_dir(kind: str | None = None) -> Path:
+    """The project's one cache folder, `$XAI_BT_CACHE` or `~/.cache/xai_bt`, or its subfolder `kind`
+    ("prepared" arrays, twin "thumbs")."""
+    root = os.environ.get("XAI_BT_CACHE")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "xai_bt"
+    return base / kind if kind else base
 
 
 def _key(samples: Sequence[Sample], pre: Preprocessing) -> str:
@@ -43,7 +46,7 @@ def prepare_samples(samples: Sequence[Sample], pre: Preprocessing, use_cache: bo
     from xai_bt.data.datasets import sample_image
 
     key = _key(samples, pre)
-    path = cache_dir() / "prepared" / f"{key}.npz"
+    path = cache_dir("prepared") / f"{key}.npz"
     if use_cache and path.is_file():
         with np.load(path, allow_pickle=False) as z:
             errors = [ImageError(p, m) for p, m in zip(z["err_path"].tolist(), z["err_msg"].tolist())]

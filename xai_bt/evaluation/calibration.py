@@ -9,7 +9,7 @@ count-weighted mean |accuracy - confidence| over bins, MCE the largest gap. Clas
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -18,6 +18,7 @@ from scipy.special import log_softmax, softmax
 from xai_bt.evaluation.metrics import check_inputs
 
 _EPS = 1e-12  # floor for probabilities before taking logs
+T_BOUNDS = (0.05, 20.0)  #: search interval of the temperature
 
 
 def _bin_sums(score: np.ndarray, hit: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -109,26 +110,33 @@ def _nll_logits(logits: np.ndarray, y: np.ndarray) -> float:
     return float(-np.mean(log_softmax(logits, axis=1)[np.arange(len(y)), y]))
 
 
-def fit_temperature(logits: Any, y_true: Any, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+def search_temperature(nll_at: Callable[[float], float], bounds: tuple[float, float] = T_BOUNDS) -> float:
+    """The one temperature search: T > 0 minimising ``nll_at(T)`` by a bounded Brent search on log T (NLL is
+    unimodal in T); warns if the optimum sits on a bound. Any model whose probabilities depend on one T
+    (a softmax of logits, a cascade of two) is fitted through it."""
+    lo, hi = np.log(bounds)
+    res = minimize_scalar(lambda log_t: nll_at(float(np.exp(log_t))), bounds=(lo, hi), method="bounded",
+                          options={"xatol": 1e-6})
+    if min(res.x - lo, hi - res.x) < 1e-3:
+        warnings.warn(f"temperature hit its search bound ({np.exp(res.x):.3g} in {bounds}); check the model and "
+                      "data", stacklevel=2)
+    return float(np.exp(res.x))
+
+
+def fit_temperature(logits: Any, y_true: Any, bounds: tuple[float, float] = T_BOUNDS) -> float:
     """Temperature T > 0 minimising the NLL of softmax(logits / T) (Guo et al. 2017).
 
-    Fit it on a validation split, never the test split. Searches log T (bounded Brent; NLL is
-    unimodal in T) and warns if the optimum sits on a bound. T > 1 softens an over-confident model;
+    Fit it on a validation split, never the test split. T > 1 softens an over-confident model;
     argmax, hence accuracy, is unchanged.
     """
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(y_true, dtype=np.int64)
     if z.ndim != 2 or len(z) != len(y):
         raise ValueError(f"logits must be (n, k) with n = len(y_true); got {z.shape} and {len(y)} labels")
-    lo, hi = np.log(bounds)
-    res = minimize_scalar(lambda log_t: _nll_logits(z / np.exp(log_t), y), bounds=(lo, hi),
-                          method="bounded", options={"xatol": 1e-6})
-    if min(res.x - lo, hi - res.x) < 1e-3:
-        warnings.warn(f"temperature hit its search bound ({np.exp(res.x):.3g}); check the inputs", stacklevel=2)
-    return float(np.exp(res.x))
+    return search_temperature(lambda t: _nll_logits(z / t, y), bounds)
 
 
-def fit_temperature_from_probs(probs: Any, y_true: Any, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+def fit_temperature_from_probs(probs: Any, y_true: Any, bounds: tuple[float, float] = T_BOUNDS) -> float:
     """:func:`fit_temperature` when only probabilities were saved: log-probabilities serve as logits.
 
     Softmax is shift-invariant per row, so log p = logits - logsumexp(logits) gives the same T.

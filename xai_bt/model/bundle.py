@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence, Union
 
 import numpy as np
+from scipy.special import softmax
 
 from xai_bt.model.preprocessing import Preprocessing, to_model_input
 from xai_bt.data.sample import ImageError
@@ -166,16 +167,16 @@ class Bundle:
         t = self.temperature if calibrated else 1.0
         known = known_logits or {}
         if self.kind == "single":
-            probs = _softmax(self.network_logits("model", x, batch_size, known.get("model")) / t)
+            probs = softmax(self.network_logits("model", x, batch_size, known.get("model")) / t, axis=1)
             return Prediction(probs, self.class_names)
         if self.kind == "two_stage":
             view_probs = run_network(self.networks["view"], x, batch_size)
             vv = self.view_features(x, batch_size) if view_vectors is None else view_vectors
-            probs = _softmax(self.network_logits("model", [x, vv], batch_size, known.get("model")) / t)
+            probs = softmax(self.network_logits("model", [x, vv], batch_size, known.get("model")) / t, axis=1)
             return Prediction(probs, self.class_names, view_probs, self.view_names)
         # cascade: P(no_tumor) from stage 1, tumor types share the rest in stage 2's proportions
-        p_tumor = _softmax(self.network_logits("stage1", x, batch_size, known.get("stage1")) / t)
-        p_type = _softmax(self.network_logits("stage2", x, batch_size, known.get("stage2")) / t)
+        p_tumor = softmax(self.network_logits("stage1", x, batch_size, known.get("stage1")) / t, axis=1)
+        p_type = softmax(self.network_logits("stage2", x, batch_size, known.get("stage2")) / t, axis=1)
         probs = combine_cascade(p_tumor, p_type, self.config["stage1_classes"], self.config["stage2_classes"],
                                 self.class_names)
         return Prediction(probs, self.class_names, stage_probabilities={"stage1": p_tumor, "stage2": p_type})
@@ -223,12 +224,6 @@ def run_network(net, x, batch_size: int = 64) -> np.ndarray:
     if not outs:
         return np.zeros((0, *net.outputs[0].shape[1:]), np.float64)
     return np.concatenate(outs)
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _is_model_batch(arr: np.ndarray, pre: Preprocessing) -> bool:

@@ -18,13 +18,13 @@ two-stage model, hence its accuracy, does not change. In a cascade the combinati
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-T_BOUNDS = (0.05, 20.0)  #: search interval of the temperature
+from xai_bt.evaluation.calibration import T_BOUNDS
+
 RECORD_KEYS = ("accuracy", "mean_confidence", "overconfidence", "ece", "mce", "classwise_ece", "brier", "nll")
 
 
@@ -60,26 +60,13 @@ def probabilities_at(bundle, logits: dict[str, np.ndarray], temperature: float) 
                            bundle.config["stage1_classes"], bundle.config["stage2_classes"], bundle.class_names)
 
 
-def fit_temperature_objective(nll_at: Callable[[float], float],
-                              bounds: tuple[float, float] = T_BOUNDS) -> float:
-    """T > 0 minimising ``nll_at(T)`` (bounded Brent search on log T), for probabilities that are not one
-    softmax of logits (a cascade). Single-softmax models use :func:`xai_bt.evaluation.calibration.fit_temperature`,
-    which gives the same T."""
-    from scipy.optimize import minimize_scalar
-
-    lo, hi = np.log(bounds)
-    res = minimize_scalar(lambda log_t: nll_at(float(np.exp(log_t))), bounds=(lo, hi), method="bounded",
-                          options={"xatol": 1e-6})
-    return float(np.exp(res.x))
-
-
 def fit_bundle_temperature(bundle, logits: dict[str, np.ndarray], y: np.ndarray) -> float:
     """The NLL-optimal temperature of this bundle's logits for labels ``y``."""
-    from xai_bt.evaluation.calibration import fit_temperature, nll
+    from xai_bt.evaluation.calibration import fit_temperature, nll, search_temperature
 
     if bundle.kind != "cascade":
         return fit_temperature(logits["model"], y, bounds=T_BOUNDS)
-    return fit_temperature_objective(lambda t: nll(y, probabilities_at(bundle, logits, t)))
+    return search_temperature(lambda t: nll(y, probabilities_at(bundle, logits, t)), T_BOUNDS)
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -167,9 +154,7 @@ def calibrate_bundle(model, data: str | os.PathLike, overwrite: bool = False, ba
         raise ValueError(f"{data}: {len(keep)} usable validation scans; too few to fit a temperature")
     y = y[keep]
     logits = raw_logits(bundle, to_model_input(x[keep]), batch_size)
-    t = fit_bundle_temperature(bundle, logits, y)
-    if min(t / T_BOUNDS[0], T_BOUNDS[1] / t) < 1.01:
-        print(f"warning: the temperature {t:.4g} sits on its search bound {T_BOUNDS}; check the model and data")
+    t = fit_bundle_temperature(bundle, logits, y)     # warns when T sits on a bound of T_BOUNDS
     before = calibration_report(y, probabilities_at(bundle, logits, 1.0), n_bins)
     after = calibration_report(y, probabilities_at(bundle, logits, t), n_bins)
     record = {

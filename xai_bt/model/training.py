@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -23,6 +24,8 @@ import numpy as np
 from xai_bt.data.twins import TWIN_THRESHOLD, TWIN_TRANSFORMS
 from xai_bt.model.preprocessing import Preprocessing
 from xai_bt.data.sample import CLASS_NAMES, PLANES, Sample
+
+logger = logging.getLogger(__name__)
 
 TASKS = ("tumor", "view", "cascade")
 
@@ -201,12 +204,12 @@ def _time_limit_callback(deadline: float, mid_epoch: bool = False):
     class TimeLimit(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
             if mid_epoch and time.time() > deadline and not self.model.stop_training:
-                print(f"training budget reached at batch {batch + 1}; stopping")
+                logger.info(f"training budget reached at batch {batch + 1}; stopping")
                 self.model.stop_training = True
 
         def on_epoch_end(self, epoch, logs=None):
             if time.time() > deadline:
-                print(f"time limit reached after epoch {epoch + 1}; stopping")
+                logger.info(f"time limit reached after epoch {epoch + 1}; stopping")
                 self.model.stop_training = True
 
     return TimeLimit()
@@ -287,7 +290,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
     split = assign_splits(samples, cfg)
     x_all, errors = prepare_samples(samples, pre)
     for e in errors:
-        print(f"skipped: {e}")
+        logger.warning(f"skipped: {e}")
     bad = failed_indices(samples, errors)
     idx = {part: [i for i, p in enumerate(split) if p == part and i not in bad] for part in ("train", "val", "test")}
     if cfg.limit:  # a random subset of train and validation, for quick checks
@@ -298,8 +301,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
             split = ["unused" if i in dropped else p for i, p in enumerate(split)]
             idx[part] = sorted(chosen)
     y_all = labels_of(samples, task, class_names)
-    print(f"{cfg.arch} on {cfg.data}: {len(idx['train'])} train / {len(idx['val'])} val / "
-          f"{len(idx['test'])} test scans, classes {class_names}, {pre.image_size}px")
+    logger.info(f"{cfg.arch} on {cfg.data}: {len(idx['train'])} train / {len(idx['val'])} val / "
+                f"{len(idx['test'])} test scans, classes {class_names}, {pre.image_size}px")
 
     view_bundle = load_model(cfg.view_model) if cfg.view_model else None
     if view_bundle is not None and view_bundle.preprocessing != pre:
@@ -325,7 +328,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
                                             extra_input=extra is not None, **kw)
             if cfg.init_from:
                 copied = init_from_bundle(built.model, cfg.init_from)
-                print(f"initialised {copied} layers from {cfg.init_from}")
+                logger.info(f"initialised {copied} layers from {cfg.init_from}")
             fit_model = training_model(built.model, cfg.augment, cfg.seed)
         last_conv = built.last_conv_layer
         stage_ckpt = ckpt / stage
@@ -356,7 +359,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
             if done.exists():
                 built.model.load_weights(done)
                 continue
-            print(f"[{stage}] phase {phase}: epochs {epochs[0] + 1}-{epochs[1]}, lr {lr:g}")
+            logger.info(f"[{stage}] phase {phase}: epochs {epochs[0] + 1}-{epochs[1]}, lr {lr:g}")
             deadline = t0 + 60 * cfg.time_limit if cfg.time_limit else None
             fit_start = fit_start or time.time()
             budget = fit_start + 60 * cfg.budget if cfg.budget else None
@@ -394,7 +397,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
         if merged is not None:
             shutil.copy(merged, out / ("history.csv" if len(histories) == 1 else f"history_{stage}.csv"))
     shutil.rmtree(ckpt)
-    print(f"saved {bundle_path} in {train_seconds / 60:.1f} min")
+    logger.info(f"saved {bundle_path} in {train_seconds / 60:.1f} min")
     return bundle_path
 
 

@@ -9,9 +9,9 @@ app's output folder, named by time and a random id (never by the uploaded file's
 from __future__ import annotations
 
 import email.parser
+import logging
 import re
 import secrets
-import sys
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from xai_bt.attribution import registry
+
+logger = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 #: Methods offered on the page (every registered one), with a hint for the slow ones (seconds per scan on a CPU).
@@ -235,8 +237,7 @@ class Handler(BaseHTTPRequestHandler):
             self._drain_if_needed(e)
             return self._send(e.status, result_page(self.app, None, None, chosen, message=str(e)))
         except Exception as e:  # never a traceback to the browser; one line to the server log
-            print(f"error: {self.path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                  file=sys.stderr)
+            logger.error("error: %s: %s: %s", self.path, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
             return self._send(500, result_page(self.app, None, None, chosen,
                                                message="internal error while reviewing; see the server log"))
         return self._send(200, result_page(self.app, case, summary, chosen, saved=saved))
@@ -334,6 +335,7 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
-        """One access-log line per request on stderr; control characters from the client escaped."""
+        """One access-log line per request (logger `xai_bt.review.server`); control characters from the client
+        escaped."""
         line = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in format % args)
-        print(f"{self.address_string()} {line}", file=sys.stderr)
+        logger.info("%s %s", self.address_string(), line)
