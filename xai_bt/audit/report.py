@@ -121,7 +121,7 @@ def _score_table(s: dict[str, Any], names: Sequence[str]) -> str:
 
 def _localisation(s: dict[str, Any]) -> str:
     return ("<h2>Localisation</h2><p>Higher is better; each score lies in [0, 1].</p>"
-            + _score_table(s, LOCALISATION_SCORES) + _img(_png(localisation_figure(s))))
+            + _score_table(s, LOCALISATION_SCORES) + _img(_png(localisation_figure(s, LOCALISATION_SCORES))))
 
 
 def _groups(s: dict[str, Any]) -> str:

@@ -11,12 +11,14 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from xai_bt.model.preprocessing import Preprocessing
 from xai_bt.data.sample import ImageError, Sample
+
+if TYPE_CHECKING:
+    from xai_bt.model.preprocessing import Preprocessing
 
 
 def cache_dir(kind: str | None = None) -> Path:

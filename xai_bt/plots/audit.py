@@ -7,7 +7,6 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from xai_bt.audit.localisation import LOCALISATION_SCORES
 from xai_bt.plots.heatmap import draw_heatmap
 from xai_bt.plots.style import PALETTE, style_context
 
@@ -24,14 +23,14 @@ SCORE_LABELS = {
 }
 
 
-def localisation_figure(s: dict[str, Any]) -> Figure:
+def localisation_figure(s: dict[str, Any], names: Sequence[str]) -> Figure:
     """Point and 95% CI per method for each localisation score; the chance level as a dashed line."""
     methods = s["methods"]
     chance = s["chance"]["all"]["mask_fraction"]["mean"]
     with style_context():
         fig = Figure(figsize=(9, 0.35 * len(methods) + 1.2))
-        axes = fig.subplots(1, len(LOCALISATION_SCORES), sharey=True)
-        for ax, name in zip(axes, LOCALISATION_SCORES):
+        axes = fig.subplots(1, len(names), sharey=True, squeeze=False)[0]
+        for ax, name in zip(axes, names):
             for row, m in enumerate(methods):
                 e = s["scores"][m]["all"][name]
                 if e["mean"] is None:
