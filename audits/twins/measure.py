@@ -79,7 +79,7 @@ def shifted(a: np.ndarray, b: np.ndarray, within: bool, max_shift: int = 3) -> n
 
 
 def crop_thumbs(samples, frac: float) -> np.ndarray:
-    """32x32 thumbnails of the central `frac` of each scan (a zoomed view), as the dedup module makes them."""
+    """32x32 thumbnails of the central `frac` of each scan (a zoomed view), as xai_bt.data.twins makes them."""
     rows = []
     for s in samples:
         img = np.asarray(sample_image(s), np.float32)

@@ -97,28 +97,3 @@ def _title(expl: Explanation) -> str:
 def _shorten(text: str, limit: int) -> str:
     """Cut the middle of long names so title lines never run past the figure."""
     return text if len(text) <= limit else text[:limit // 2 - 1] + "…" + text[-(limit - limit // 2):]
-
-
-CASCADE_STAGES = {"stage1": "stage 1 (tumor or no tumor)", "stage2": "stage 2 (tumor type)"}
-
-
-def _title(expl: Explanation) -> str:
-    """Two or three short lines: file and model; prediction and view; the target if not the prediction."""
-    source = _shorten(Path(expl.path).name if expl.path else "array input", 40)
-    lines = [f"{source}  ·  model: {_shorten(expl.model_name or 'unnamed', 30)}"]
-    line2 = f"Predicted: {expl.predicted.replace('_', ' ')} (confidence {expl.confidence:.2f})"
-    if expl.view_probabilities is not None and expl.view_names:
-        vp = np.asarray(expl.view_probabilities)
-        line2 += f"  ·  view: {expl.view_names[int(np.argmax(vp))]} ({float(np.max(vp)):.2f})"
-    lines.append(line2)
-    if expl.target_name != expl.predicted:
-        p = float(np.asarray(expl.probabilities)[expl.target])
-        lines.append(f"Maps explain: {expl.target_name.replace('_', ' ')} (p = {p:.2f}), not the predicted class")
-    if expl.network in CASCADE_STAGES:
-        lines.append(f"Maps: cascade {CASCADE_STAGES[expl.network]}")
-    return "\n".join(lines)
-
-
-def _shorten(text: str, limit: int) -> str:
-    """Cut the middle of long names so title lines never run past the figure."""
-    return text if len(text) <= limit else text[:limit // 2 - 1] + "…" + text[-(limit - limit // 2):]
