@@ -82,7 +82,8 @@ def layer_pass(model, inputs: list[np.ndarray], layer: str, targets: np.ndarray 
     run = cam_pass(model, layer, every_class=targets is None)
     parts = [run([x[s:s + batch_size] for x in inputs], None if targets is None else targets[s:s + batch_size])
              for s in range(0, len(inputs[0]), batch_size)]
-    return tuple(np.concatenate(p) for p in zip(*parts))
+    acts, grads, logits = (np.concatenate(p) for p in zip(*parts))
+    return acts, grads, logits
 
 
 # --- how each variant weights the activations (low resolution, before ReLU) -----------------------

@@ -169,7 +169,7 @@ def _explain_cascade(bundle, images, methods: tuple[str, ...], target: Target, l
                     target=int(targets[i]), target_name=names[targets[i]], probabilities=pred.probabilities[i],
                     class_names=names, model_name=bundle.name, path=paths[start + i], layer=cam_layer,
                     extra={m: _info_at(a.info, j) for m, a in result.items() if a.info}, network=stage)
-        out.extend(chunk)
+        out.extend(e for e in chunk if e is not None)     # every scan is decided by one of the two stages
     return out
 
 
@@ -216,7 +216,8 @@ def _cam_layer(bundle, net, layer: str | None, methods: tuple[str, ...]) -> str 
     return layer or provenance.cam_layer(bundle, net)
 
 
-def _resolve_targets(target: Target, n: int, names: tuple[str, ...], start: int) -> np.ndarray:
+def _resolve_targets(target: int | str | Sequence[int | str], n: int, names: tuple[str, ...],
+                     start: int) -> np.ndarray:
     """Class indices of a given target for a chunk of `n` scans starting at `start`."""
     if isinstance(target, (str, int, np.integer)):
         items = [target] * n

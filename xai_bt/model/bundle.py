@@ -58,7 +58,7 @@ class Prediction:
 
     @property
     def views(self) -> list[str] | None:
-        if self.view_probabilities is None:
+        if self.view_probabilities is None or self.view_names is None:
             return None
         return [self.view_names[i] for i in self.view_probabilities.argmax(1)]
 
@@ -152,8 +152,7 @@ class Bundle:
 
         if self._view_feature_model is None:
             view = self.networks.get("view" if self.kind == "two_stage" else "model")
-            names = {layer.name for layer in view.layers} if view is not None else set()
-            if "view_features" not in names:
+            if view is None or "view_features" not in {layer.name for layer in view.layers}:
                 raise BundleError(f"{self.path}: this {self.kind} bundle has no view features")
             self._view_feature_model = keras.Model(view.inputs, view.get_layer("view_features").output)
         return run_network(self._view_feature_model, x, batch_size).astype(np.float32)

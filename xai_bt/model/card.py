@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from xai_bt.data.twins import describe_twins
+from xai_bt.data.twins import TWIN_THRESHOLD, describe_twins
 
 
 _PART_NAMES = {"official": "all test scans", "leakage_free": "leakage-free test scans (no twin learnt from)"}
@@ -17,7 +17,7 @@ def _validation_note(tr: dict[str, Any], tc: dict[str, Any], calibrated: bool) -
     if tc.get("split_csv"):
         how = f"the split of `{tc['split_csv']}`"
     elif recorded:
-        how = f"validation carved out by twin group ({describe_twins(tc.get('dedup_threshold'), recorded)})"
+        how = f"validation carved out by twin group ({describe_twins(tc.get('dedup_threshold', TWIN_THRESHOLD), recorded)})"
     else:
         how = f"validation carved out by near-duplicate group at r >= {tc.get('dedup_threshold')}"
     if not recorded:

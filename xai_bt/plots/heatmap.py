@@ -12,7 +12,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from xai_bt.attribution.summary import is_signed, peak, top_region
 from xai_bt.plots.style import DIVERGING_CMAP, HEATMAP_CMAP, OKABE_ITO
@@ -48,7 +48,8 @@ def draw_heatmap(ax, image: np.ndarray, heatmap: np.ndarray, *, top_k: float | N
         bar = colorbar.colorbar(ScalarMappable(norm, cmap), ax=ax, shrink=0.8, pad=0.03, aspect=15)
         bar.locator = MaxNLocator(3)
         bar.ax.tick_params(labelsize=6)
-        bar.formatter.set_powerlimits((-3, 4))
+        if isinstance(bar.formatter, ScalarFormatter):
+            bar.formatter.set_powerlimits((-3, 4))
         bar.update_ticks()
         bar.set_label("attribution (signed)" if signed else "attribution", fontsize=6)
     ax.set_axis_off()

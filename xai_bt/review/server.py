@@ -70,7 +70,8 @@ def find_bundles(models_dir: str | Path) -> tuple[dict[str, Path], dict[str, Pat
     """Bundles in the sub-folders of `models_dir`: (tumor classifiers, view classifiers), by folder name."""
     from xai_bt.model.bundle import BundleError, read_config
 
-    models, views = {}, {}
+    models: dict[str, Path] = {}
+    views: dict[str, Path] = {}
     root = Path(models_dir)
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []:
         try:
@@ -187,7 +188,7 @@ def result_page(app: App, case: dict[str, Any] | None, summary: dict[str, Any] |
         parts.append(f'<div class="box caution" id="error" role="alert"><strong>Cannot review this upload:</strong> '
                      f"{esc(message)}</div>")
     parts.append(form_html(app, chosen))
-    if case is not None:
+    if case is not None and summary is not None:
         link = (f'<p>Saved as a self-contained report: <a href="/reports/{esc(saved)}">{esc(saved)}</a></p>'
                 if saved else "")
         parts += [f'<div id="result">{case_html(case)}{link}</div>', notes_html(), model_html(summary)]
@@ -273,7 +274,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _choices(self, fields: dict[str, list[str]]) -> dict[str, Any]:
         """Model, view model and methods from the form, each checked against what the app offers."""
-        model = (fields.get("model") or [self.app.default_model])[0]
+        model = (fields.get("model") or [self.app.default_model or ""])[0]
         view_model = (fields.get("view_model") or [""])[0] or None
         methods = list(dict.fromkeys(fields.get("methods") or DEFAULT_CHECKED))
         chosen = {"model": model, "view_model": view_model, "methods": methods}
