@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xai_bt.io import batches as archive
+from xai_bt.io import atomic, shards
+from xai_bt.io.index import IndexFile
+from xai_bt.io.stream import stream
 
 from conftest import BENCHMARK, FOLDERS
 
@@ -24,25 +26,25 @@ FIELDS = ("path", "status", "prediction")
 
 def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
     target = tmp_path / "result.json"
-    archive.write_atomic(target, b'{"old": true}')
+    atomic.write_atomic(target, b'{"old": true}')
 
     def dies_halfway(fh):
         fh.write(b'{"new": ')
         raise RuntimeError("writer died")
 
     with pytest.raises(RuntimeError):
-        archive.write_atomic(target, dies_halfway)
+        atomic.write_atomic(target, dies_halfway)
     assert json.loads(target.read_text()) == {"old": True}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
 
 
 def test_atomic_write_survives_kill_9_and_the_sweep_removes_the_leftover(tmp_path):
     target = tmp_path / "result.json"
-    archive.write_atomic(target, b'{"old": true}')
-    code = ("import sys, time; from xai_bt.io import batches as archive\n"
+    atomic.write_atomic(target, b'{"old": true}')
+    code = ("import sys, time; from xai_bt.io import atomic\n"
             "def slow(fh):\n"
             "    fh.write(b'{\"new\": '); fh.flush(); print('writing', flush=True); time.sleep(60)\n"
-            f"archive.write_atomic({str(target)!r}, slow)\n")
+            f"atomic.write_atomic({str(target)!r}, slow)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, cwd=REPO)
     try:
         assert proc.stdout.readline().strip() == b"writing"
@@ -51,16 +53,26 @@ def test_atomic_write_survives_kill_9_and_the_sweep_removes_the_leftover(tmp_pat
         proc.wait()
     assert json.loads(target.read_text()) == {"old": True}
     leftovers = [p for p in tmp_path.iterdir() if p.name != "result.json"]
-    assert len(leftovers) == 1 and archive.temp_owner(leftovers[0].name) == "result.json"
-    assert archive.sweep_temporaries(tmp_path, lambda name: name == "other.json") == 0
-    assert archive.sweep_temporaries(tmp_path, lambda name: name == "result.json") == 1
+    assert len(leftovers) == 1 and atomic.temp_owner(leftovers[0].name) == "result.json"
+    assert atomic.sweep_temporaries(tmp_path, lambda name: name == "other.json") == 0
+    assert atomic.sweep_temporaries(tmp_path, lambda name: name == "result.json") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
+
+
+def test_atomic_write_for_caches_skips_fsync_but_still_renames(tmp_path, monkeypatch):
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    target = atomic.write_atomic(tmp_path / "entry.bin", b"thumb", durable=False)
+    assert target.read_bytes() == b"thumb" and synced == []
+    atomic.write_atomic(target, b"durable")                    # the default: file and folder fsynced
+    assert target.read_bytes() == b"durable" and len(synced) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry.bin"]
 
 
 # --- the index ---------------------------------------------------------------------------------------
 
 def test_index_tolerates_and_repairs_a_truncated_last_line(tmp_path):
-    index = archive.IndexFile(tmp_path / "index.csv", FIELDS)
+    index = IndexFile(tmp_path / "index.csv", FIELDS)
     index.append([{"path": "a.jpg", "status": "ok", "prediction": "glioma"}])
     index.append([{"path": "b.jpg", "status": "error", "prediction": "", "extra": "ignored"}])
     index.close()
@@ -81,15 +93,15 @@ def test_index_tolerates_and_repairs_a_truncated_last_line(tmp_path):
 def test_shards_partition_the_sorted_list_exactly_once():
     for n_items in (0, 1, 7, 100):
         for n in (1, 2, 3, 8):
-            parts = [list(archive.shard_positions(n_items, (k, n))) for k in range(1, n + 1)]
+            parts = [list(shards.shard_positions(n_items, (k, n))) for k in range(1, n + 1)]
             flat = sorted(i for p in parts for i in p)
             assert flat == list(range(n_items))
             assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
-    assert archive.parse_shard("2/3") == (2, 3) and archive.parse_shard(None) is None
+    assert shards.parse_shard("2/3") == (2, 3) and shards.parse_shard(None) is None
     for bad in ("0/3", "4/3", "2", "a/b"):
         with pytest.raises(ValueError):
-            archive.parse_shard(bad)
-    assert archive.index_name((2, 3)) == "index-2-of-3.csv"
+            shards.parse_shard(bad)
+    assert shards.index_name((2, 3)) == "index-2-of-3.csv"
 
 
 def test_stream_flags_bad_items_and_keeps_order():
@@ -99,7 +111,7 @@ def test_stream_flags_bad_items_and_keeps_order():
         return np.full((2, 2), len(item), np.float32), np.int32(len(item))
 
     items = ["a", "bb", "bad", "cccc", "ddddd"]
-    batches = list(archive.stream(items, load, [((2, 2), np.float32), ((), np.int32)], batch_size=2, parallel=2))
+    batches = list(stream(items, load, [((2, 2), np.float32), ((), np.int32)], batch_size=2, parallel=2))
     assert [list(b.positions) for b in batches] == [[0, 1], [2, 3], [4]]
     assert [bool(v) for b in batches for v in b.ok] == [True, True, False, True, True]
     assert batches[1].errors[0] == "ValueError: cannot read" and batches[1].arrays[1][1] == 4
@@ -127,7 +139,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def _no_temporaries(out: Path) -> None:
-    hidden = [p.name for p in out.iterdir() if p.name.startswith(".") or p.name.endswith(archive.TMP_SUFFIX)]
+    hidden = [p.name for p in out.iterdir() if p.name.startswith(".") or p.name.endswith(atomic.TMP_SUFFIX)]
     assert not hidden, hidden
 
 
@@ -141,7 +153,7 @@ def test_kill_9_then_resume_finishes_every_scan_exactly_once(tmp_path):
     env = {**os.environ, "MPLBACKEND": "Agg", "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.Popen([sys.executable, "-m", "xai_bt", *argv], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    index = archive.IndexFile(out / "index.csv", ("path", "status"))
+    index = IndexFile(out / "index.csv", ("path", "status"))
     deadline = time.monotonic() + 240
     try:
         while len(index.read()) < 6 and proc.poll() is None and time.monotonic() < deadline:

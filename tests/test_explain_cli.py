@@ -1,4 +1,5 @@
-"""`python -m xai_bt explain` end to end on the shipped sample scans with a tiny random-init bundle."""
+"""`python -m xai_bt explain` and the library run behind it (`xai_bt.io.explain_files`) end to end on the shipped
+sample scans with a tiny random-init bundle."""
 import csv
 import json
 import shutil
@@ -8,7 +9,7 @@ import pytest
 
 from xai_bt import cli
 from xai_bt.cli._common import UsageError, parse_formats, resolve_target
-from xai_bt.cli.explain import unique_stems
+from xai_bt.io.explain_files import explain_files, plan_explain, unique_stems
 from xai_bt.data.sample import CLASS_NAMES
 
 from conftest import SAMPLES
@@ -135,3 +136,62 @@ def test_helpers():
     assert parse_formats("PNG, .pdf") == ["png", "pdf"]
     with pytest.raises(UsageError):
         resolve_target("no_tumour_at_all", CLASS_NAMES)
+
+
+def test_library_run_lists_failures_and_resume_keeps_finished_scans(bundle_path, scans, tmp_path, capsys):
+    """explain_files from Python: the corrupt file is a failure in the result (nothing printed), the other scans
+    are written; a resumed run redoes nothing, a second plain run skips them."""
+    from xai_bt.model.bundle import load_model
+
+    bundle, out = load_model(bundle_path), tmp_path / "out"
+    heard = []
+    result = explain_files(bundle, [scans], out, methods=["gradcam"], formats=["png"], batch_size=2,
+                           on_scan=heard.append)
+    assert (result.ok, result.failed, result.skipped, result.done_earlier) == (4, 1, 0, 0)
+    assert [f.path for f in result.failures] == [str(scans / "bad.jpg")] and result.failures[0].error
+    assert result.index == out / "index.csv" and result.attempted == 5 and result.seconds > 0
+    assert sorted((s.path.rsplit("/", 1)[-1], s.status) for s in heard) == [
+        ("bad.jpg", "error"), ("glioma.jpg", "ok"), ("meningioma.jpg", "ok"), ("no_tumor.jpg", "ok"),
+        ("pituitary.jpg", "ok")]
+    ok = next(s for s in heard if s.status == "ok")
+    assert 0 < ok.confidence <= 1 and ok.figure.endswith(".png") and ok.prediction in CLASS_NAMES
+    assert capsys.readouterr() == ("", "")                         # the library prints nothing
+    index = _index(out)
+    assert index["bad.jpg"]["status"] == "error" and index["bad.jpg"]["error"] == result.failures[0].error
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    assert len(stamps) == 4 and len(list(out.glob("*.json"))) == 4
+
+    again = explain_files(bundle, [scans], out, methods=["gradcam"], formats=["png"], resume=True)
+    assert (again.ok, again.failed, again.skipped, again.done_earlier, again.failed_earlier) == (0, 0, 0, 5, 1)
+    assert [f.path for f in again.failures] == [str(scans / "bad.jpg")] and again.attempted == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*.png")} == stamps      # finished scans not redone
+
+    heard.clear()
+    plain = explain_files(bundle_path, [scans], out, methods=["gradcam"], formats="png", on_scan=heard.append)
+    assert (plain.ok, plain.skipped, plain.failed) == (0, 4, 1)
+    skipped = [s for s in heard if s.status == "skipped"]
+    assert len(skipped) == 4 and all(s.existing.endswith(".png") and s.prediction for s in skipped)
+    assert _index(out)["glioma.jpg"]["prediction"] == index["glioma.jpg"]["prediction"]
+
+
+@pytest.mark.parametrize("options, error", [
+    ({"methods": ["magic"]}, ValueError), ({"formats": ["gif"]}, ValueError), ({"top_k": 0}, ValueError),
+    ({"batch_size": 0}, ValueError), ({"workers": 0}, ValueError), ({"resume": True, "overwrite": True}, ValueError),
+    ({"shard": "3/2"}, ValueError), ({"target": "astrocytoma"}, ValueError), ({"layer": "nope"}, ValueError),
+    ({"mask": "missing.png"}, FileNotFoundError), ({"inputs": ["nope.jpg"]}, FileNotFoundError),
+    ({"inputs": []}, ValueError),
+])
+def test_library_checks_the_request_before_writing(bundle_path, tmp_path, options, error):
+    options = {"inputs": [SAMPLES / "glioma.jpg"], **options}
+    with pytest.raises(error):
+        plan_explain(bundle_path, options.pop("inputs"), tmp_path / "out", **options)
+    assert not (tmp_path / "out").exists()
+
+
+def test_library_plan_lists_and_shards(bundle_path, tmp_path):
+    plan = plan_explain(bundle_path, [SAMPLES], tmp_path / "out", methods="gradcam,layercam", formats="none",
+                        shard="2/3", target="notumor")
+    assert [p.rsplit("/", 1)[-1] for p in plan.files] == ["glioma.jpg", "meningioma.jpg", "no_tumor.jpg",
+                                                           "pituitary.jpg"]
+    assert plan.methods == ["gradcam", "layercam"] and plan.formats == [] and plan.target == "no_tumor"
+    assert plan.shard == (2, 3) and plan.index_path.name == "index-2-of-3.csv" and not plan.out.exists()

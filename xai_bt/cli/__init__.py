@@ -1,7 +1,8 @@
 """Command-line entry: `python -m xai_bt <command> --help`.
 
-Each command lives in `xai_bt/commands/<name>.py` with `add_arguments(parser)` and `main(args) -> int`;
-modules are imported only when their command runs, so `--help` is instant.
+Each command lives in `xai_bt/cli/<name>.py` with `add_arguments(parser)` and `main(args) -> int`;
+modules are imported only when their command runs, so `--help` is instant. A command only parses its options,
+calls the library (e.g. `xai_bt.io.explain_files`) and prints; helpers they share are in `_common`.
 """
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from xai_bt.io.explain_files import FIGURE_FORMATS
+
 
 def fail(message: str, code: int = 2) -> int:
     """Print a one-line error for the user and return the exit code."""
@@ -21,7 +23,7 @@ def add_threshold(p: argparse.ArgumentParser, what: str) -> None:
 
 
 #: figure formats `explain` writes (lossless, for papers)
-FORMATS = ("png", "pdf", "svg")
+FORMATS = FIGURE_FORMATS
 
 
 class UsageError(ValueError):
@@ -64,16 +66,9 @@ def check_numbers(top_k: float, batch_size: int) -> None:
 
 def resolve_target(name: str | None, class_names: tuple[str, ...]) -> str | None:
     """--target as one of the model's class names (dataset spellings such as 'notumor' accepted)."""
-    from xai_bt.data.sample import normalise_label
+    from xai_bt.io.explain_files import resolve_target as resolve
 
-    if name is None:
-        return None
-    if name in class_names:
-        return name
     try:
-        canonical = normalise_label(name)
-    except ValueError:
-        canonical = None
-    if canonical not in class_names:
-        raise UsageError(f"unknown target class {name!r}; this model knows {', '.join(class_names)}")
-    return canonical
+        return resolve(name, class_names)
+    except ValueError as e:
+        raise UsageError(str(e)) from None

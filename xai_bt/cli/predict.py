@@ -1,9 +1,16 @@
-"""`python -m xai_bt predict scan.jpg [more files | folders] [--model PATH]`."""
+"""`python -m xai_bt predict scan.jpg [more files | folders] [--model PATH] [--json FILE]`.
+
+One line per scan (class, confidence, every class probability, the view if the model has one); bad files are
+reported and the rest still run (:func:`xai_bt.io.predict_files.predict_files`). Exit 0 when every file was
+predicted, 1 when any failed, 2 for usage errors.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
 from xai_bt.cli._common import fail
 
@@ -17,11 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from xai_bt.model.bundle import BundleError, default_model_path, iter_batches, load_model
     from xai_bt.data.decode import iter_image_files
-    from xai_bt.data.sample import ImageError
+    from xai_bt.io.predict_files import predict_files
+    from xai_bt.model.bundle import BundleError, default_model_path, load_model
 
     files = iter_image_files(args.inputs)
     missing = [p for p in args.inputs if not Path(p).exists()]
@@ -31,45 +36,28 @@ def main(args: argparse.Namespace) -> int:
         return fail(f"no scan files found in {' '.join(args.inputs)}")
     if args.json and Path(args.json).exists():
         return fail(f"{args.json}: already exists; remove it or choose another name")
+    if args.batch_size < 1:
+        return fail(f"--batch-size must be at least 1, got {args.batch_size}")
     try:
         bundle = load_model(args.model or default_model_path())
     except BundleError as e:
         return fail(str(e))
-    results, failures = [], []
-    for batch in iter_batches(files, args.batch_size):
-        ok, grays = [], []
-        for f in batch:
-            try:
-                grays.append(bundle.prepare(f))
-                ok.append(f)
-            except ImageError as e:
-                failures.append({"path": f, "error": e.problem})
-                print(f"error: {e}", file=sys.stderr)
-        if not ok:
-            continue
-        import numpy as np
-
-        pred = bundle.predict_prepared(np.concatenate(grays), calibrated=not args.raw)
-        for i, f in enumerate(ok):
-            row = {"path": f, "prediction": pred.labels[i], "confidence": float(pred.confidence[i]),
-                   "probabilities": dict(zip(pred.class_names, map(float, pred.probabilities[i])))}
-            if pred.view_probabilities is not None:
-                row["view"] = pred.views[i]
-                row["view_probabilities"] = dict(zip(pred.view_names, map(float, pred.view_probabilities[i])))
-            results.append(row)
-            _print_row(row)
+    result = predict_files(bundle, files, batch_size=args.batch_size, calibrated=not args.raw, on_scan=print_row)
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": str(bundle.path), "results": results,
-                                               "failures": failures}, indent=2) + "\n")
-    if failures:
-        print(f"{len(failures)} of {len(files)} files failed:", file=sys.stderr)
-        for f in failures:
+        Path(args.json).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    if result.failures:
+        print(f"{len(result.failures)} of {len(files)} files failed:", file=sys.stderr)
+        for f in result.failures:
             print(f"  {f['path']}: {f['error']}", file=sys.stderr)
         return 1
     return 0
 
 
-def _print_row(row: dict) -> None:
+def print_row(row: dict[str, Any]) -> None:
+    """A prediction on stdout in one line, or a file that failed on stderr."""
+    if "error" in row:
+        print(f"error: {row['path']}: {row['error']}", file=sys.stderr)
+        return
     probs = "  ".join(f"{k} {v:.3f}" for k, v in row["probabilities"].items())
     view = f"  view: {row['view']} ({max(row['view_probabilities'].values()):.2f})" if "view" in row else ""
     print(f"{row['path']}: {row['prediction']} ({row['confidence']:.3f})  [{probs}]{view}")

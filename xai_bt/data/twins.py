@@ -117,13 +117,14 @@ def _compute(sample: Sample, size: int, entry: Path | None) -> tuple[np.ndarray,
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so concurrent audits never read half an entry."""
+    """Write a cache entry atomically (xai_bt.io.atomic), so concurrent audits never read half an entry; no
+    fsync, since a lost entry is only recomputed. A read-only cache only costs speed."""
+    from xai_bt.io.atomic import write_atomic
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as exc:  # a read-only cache only costs speed
+        write_atomic(path, data, durable=False)
+    except OSError as exc:
         log.debug("thumbnail cache not written (%s)", exc)
 
 

@@ -48,7 +48,7 @@ def save_explanation(expl: Explanation, out_dir: str | os.PathLike, formats: Seq
     Raises FileExistsError naming the first existing target unless `overwrite`; nothing is written then.
     Returns the paths written, figures first.
     """
-    from xai_bt.io.batches import fsync_dir, write_atomic
+    from xai_bt.io.atomic import fsync_dir, write_atomic
 
     stem = stem or default_stem(expl)
     targets = output_paths(stem, out_dir, formats, list(expl.maps), save_maps)
@@ -83,7 +83,7 @@ def _json_value(value: Any) -> Any:
 def _save_figures_atomically(fig: Figure, out: Path, stem: str, formats: Sequence[str]) -> None:
     """Render with the project's `save_figure` into a temporary folder beside the targets, then move each
     file into place (fsynced, renamed)."""
-    from xai_bt.io.batches import move_atomic, temp_dir
+    from xai_bt.io.atomic import move_atomic, temp_dir
     from xai_bt.plots.style import save_figure
 
     tmp = temp_dir(out, stem)

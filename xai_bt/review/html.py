@@ -188,7 +188,7 @@ def render_report(cases: Sequence[dict[str, Any]], summary: dict[str, Any], titl
 
 def write_report(path: str | os.PathLike, text: str, overwrite: bool = False) -> Path:
     """Write the page atomically (temporary file, then rename); FileExistsError unless `overwrite`."""
-    from xai_bt.io.batches import write_atomic
+    from xai_bt.io.atomic import write_atomic
 
     target = Path(path)
     if target.exists() and not overwrite:
