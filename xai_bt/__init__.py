@@ -5,6 +5,11 @@ The flat public API (imported lazily, so `import xai_bt` stays fast and TensorFl
     model = xai_bt.load_model("models/default")
     pred = xai_bt.predict(model, ["scan.jpg"])
     maps = xai_bt.explain(model, ["scan.jpg"], methods=["gradcam", "smoothgrad"])
+    run = xai_bt.explain_files(model, ["archive/"], "explanations/", resume=True)   # run.failures
+
+The package follows the data flow: data/ (scans in), model/ (the bundle), attribution/ (the methods),
+evaluation/ and audit/ (honest numbers, focus), plots/ (drawing only), review/ (pages), io/ (files at
+archive scale), cli/ (the commands); see docs/architecture.md.
 """
 from __future__ import annotations
 
@@ -23,7 +28,9 @@ _API = {
     "build_model": ("model.architectures", "build"), "ARCHITECTURES": "model.architectures",
     "train": ("model.training", "train"), "TrainConfig": "model.training",
     "evaluate": ("evaluation.evaluate", "evaluate_bundle"),
-    "explain": ("attribution.explain", "explain"), "METHODS": "attribution.explain",
+    "explain": ("attribution.explain", "explain"), "METHODS": "attribution.registry",
+    "explain_files": "io.explain_files", "ExplainResult": "io.explain_files", "predict_files": "io.predict_files",
+    "MethodSpec": "attribution.registry", "register_method": ("attribution.registry", "register"),
 }
 
 __all__ = sorted(_API) + ["predict", "__version__"]

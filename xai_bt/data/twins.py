@@ -42,9 +42,11 @@ _FLIPS = {"identity": (), "mirror_lr": (2,), "flip_ud": (1,), "rot180": (1, 2)}
 
 
 def default_cache_dir() -> Path:
-    """`$XAI_BT_CACHE/thumbs` if that variable is set, else `~/.cache/xai_bt/thumbs`."""
-    root = os.environ.get("XAI_BT_CACHE")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "xai_bt") / "thumbs"
+    """Where thumbnails are cached: the project's cache folder's `thumbs` (`$XAI_BT_CACHE/thumbs` if that
+    variable is set, else `~/.cache/xai_bt/thumbs`)."""
+    from xai_bt.data.cache import cache_dir
+
+    return cache_dir("thumbs")
 
 
 def thumbnail(image: np.ndarray, size: int = 32) -> np.ndarray:
