@@ -1,8 +1,8 @@
 """Cost of a focus audit on this machine: N BRISC scans with masks, a set of methods, per stage.
 
-Runs the same code as `python -m xai_bt audit` (selection of scans unseen in training, preprocessing,
-explanation + localisation scores, optional faithfulness / randomisation checks) and prints the time
-of each stage as a markdown table. Usage:
+Runs the same code as `python -m xai_bt audit` (selection of scans unseen in training, then the batch loop:
+reading and preprocessing (time spent waiting on it), explanation + localisation scores; optional faithfulness /
+randomisation checks) and prints the time of each stage as a markdown table. Usage:
 
     python benchmarks/bench_audit.py --limit 500 --methods gradcam,gradcam++,layercam,saliency
 """
@@ -23,7 +23,7 @@ DATA = ROOT.parent / "shared" / "data"
 
 
 def main() -> None:
-    from xai_bt.audit.runner import run_audit
+    from xai_bt.audit.runner import AuditConfig, run_audit
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(ROOT / "models" / "default"))
@@ -38,9 +38,10 @@ def main() -> None:
 
     load = os.getloadavg()[0]
     t = time.perf_counter()
-    result = run_audit(args.model, args.data, methods=args.methods.split(","), train_data=args.train_data,
-                       limit=args.limit, faithfulness=args.faithfulness, sanity=args.sanity,
-                       batch_size=args.batch_size, progress=False, log=lambda _: None)
+    config = AuditConfig(methods=tuple(args.methods.split(",")), train_data=args.train_data, limit=args.limit,
+                         faithfulness=args.faithfulness, sanity=args.sanity, batch_size=args.batch_size,
+                         progress=False)
+    result = run_audit(args.model, args.data, config)
     wall = time.perf_counter() - t
     s = result.summary
     n = s["n_images"]

@@ -1,13 +1,15 @@
-"""The focus audit end to end on a tiny BRISC copy with a tiny random-init bundle, and its aggregation."""
+"""The focus audit end to end on a tiny BRISC copy with a tiny random-init bundle, its sinks and aggregation."""
 import csv
 import json
+import logging
 import shutil
 
 import numpy as np
 import pytest
 
 from xai_bt import cli
-from xai_bt.audit.runner import cascade_layers, score_maps, summarise_scores
+from xai_bt.audit.measure import MAP_SCORES, cascade_layers, score_maps
+from xai_bt.audit.summary import read_columns, summarise_scores
 from xai_bt.data.sample import CLASS_NAMES
 
 from conftest import DATA
@@ -143,7 +145,7 @@ def test_cascade_layers_group_blocks():
 def test_mask_sources_folder_csv_and_boxes(tmp_path):
     from PIL import Image
 
-    from xai_bt.audit.runner import mask_sources
+    from xai_bt.audit.selection import mask_sources
     from xai_bt.data.sample import Sample
 
     gray = np.zeros((40, 50), np.uint8)
@@ -200,3 +202,160 @@ def test_streamed_audit_in_shards_matches_the_in_memory_audit(bundle_path, brisc
         assert b["faithfulness"][method]["summary"]["deletion_auc"]["n"] == 2
     assert "data:image/png;base64," in (out / "report.html").read_text()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+# ------------------------------------------------------------------------------------- config and sinks
+def test_config_overrides_and_checks():
+    from xai_bt.attribution import registry
+    from xai_bt.audit.runner import AuditConfig
+
+    default = AuditConfig()
+    assert default.methods == registry.AUDIT_DEFAULT and default.target == "true" and default.batch_size == 32
+    cfg = AuditConfig.of(AuditConfig(limit=5), methods="gradcam, saliency,gradcam", seed=3)
+    assert (cfg.methods, cfg.limit, cfg.seed) == (("gradcam", "saliency"), 5, 3)
+    with pytest.raises(TypeError, match="limt"):
+        AuditConfig.of(limt=5)
+    for bad in ({"target": "tumor"}, {"methods": ["nope"]}, {"batch_size": 0}, {"top_k": 2.0}, {"sanity": -1}):
+        with pytest.raises(ValueError):
+            AuditConfig(**bad)
+
+
+def _rows(n=7, methods=("gradcam", "saliency"), seed=0):
+    """Score rows as the audit loop makes them (full precision, NaN where undefined)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        base = {"path": f"images/{i}.jpg", "label": ("glioma", "pituitary")[i % 2], "plane": ("axial", "")[i % 3 == 0],
+                "mask_source": "dataset", "mask_fraction": rng.uniform(0, 0.1), "max_similarity_train": rng.uniform(),
+                "max_similarity_val": np.nan, "target": "glioma", "prediction": "glioma",
+                "confidence": rng.uniform(0.5, 1), "correct": bool(i % 3)}
+        for m in methods:
+            scores = {k: rng.uniform() for k in MAP_SCORES}
+            scores["pointing_game"] = np.nan if i == 4 else float(rng.integers(0, 2))
+            rows.append({**base, "method": m, **scores, "deletion_auc": np.nan, "insertion_auc": np.nan,
+                         "road_morf": np.nan, "road_lerf": np.nan})
+    return rows
+
+
+def test_memory_and_csv_sinks_give_the_same_columns_and_summary(tmp_path):
+    from xai_bt.audit.sinks import SCORE_FIELDS, CsvSink, MemorySink
+
+    rows, methods = _rows(), ("gradcam", "saliency")
+    paths = sorted({r["path"] for r in rows}, key=lambda p: int(p.split("/")[1].split(".")[0]))
+    order = {p: j for j, p in enumerate(paths)}
+    sinks = {"memory": MemorySink(), "csv": CsvSink(tmp_path)}
+    for sink in sinks.values():
+        assert sink.start(paths, range(len(paths)), methods) == set()
+        sink.append(rows[6:], [{"path": "images/x.jpg", "reason": "empty mask", "error": "empty mask"}])
+        sink.append(rows[:6], [])           # written out of order: columns follow the audit order anyway
+        sink.fill({("images/2.jpg", "saliency"): {"deletion_auc": 0.123456}})
+        sink.close()
+    with open(tmp_path / "scores.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames) == SCORE_FIELDS
+        written = {(r["path"], r["method"]): r for r in reader}
+    assert written[("images/2.jpg", "saliency")]["deletion_auc"] == "0.1235"
+    assert written[("images/4.jpg", "gradcam")]["pointing_game"] == "" and written[("images/1.jpg", "gradcam")]["correct"] == "True"
+    mem, disk = (read_columns(s.rows(), order, methods) for s in sinks.values())
+    assert mem.positions == disk.positions == list(range(len(paths)))
+    assert mem.label == disk.label and mem.plane == disk.plane and list(mem.correct) == list(disk.correct)
+    np.testing.assert_allclose(mem.mask_fraction, disk.mask_fraction, atol=5e-5)
+    for m in methods:
+        a, b = summarise_scores(mem.scores[m], {"by_class": mem.label}), summarise_scores(disk.scores[m], {"by_class": disk.label})
+        for group in ("all", "by_class"):
+            flat_a, flat_b = (a[group] if group == "all" else a[group]["glioma"]), (b[group] if group == "all" else b[group]["glioma"])
+            for name, entry in flat_a.items():
+                assert (entry["n"], entry["n_valid"]) == (flat_b[name]["n"], flat_b[name]["n_valid"])
+                for k in ("mean", "low", "high"):
+                    assert entry[k] == pytest.approx(flat_b[name][k], abs=1e-4), (m, group, name, k)
+    assert sinks["memory"].skipped() == sinks["csv"].skipped()
+
+
+def test_csv_sink_resume_keeps_finished_scans_and_merges_shards(tmp_path):
+    from xai_bt.audit.sinks import CsvSink
+
+    rows, methods = _rows(n=4), ("gradcam", "saliency")
+    paths = [f"images/{i}.jpg" for i in range(4)]
+    for k in (1, 2):                                        # shard k owns scans k-1, k+1
+        sink = CsvSink(tmp_path, shard=(k, 2))
+        sink.start(paths, range(k - 1, 4, 2), methods)
+        mine = [r for r in rows if int(r["path"].split("/")[1][0]) % 2 == k - 1]
+        sink.append(mine[:3], [])                           # killed after the first scan and a half
+        sink.close()
+    final = CsvSink(tmp_path, resume=True)
+    assert final.start(paths, range(4), methods) == {"images/0.jpg", "images/1.jpg"}
+    final.append([r for r in rows if r["path"] in ("images/2.jpg", "images/3.jpg")], [])
+    final.close()
+    cols = read_columns(final.rows(), {p: j for j, p in enumerate(paths)}, methods)
+    assert cols.positions == [0, 1, 2, 3] and sum(1 for _ in final.rows()) == 8
+
+
+def test_an_empty_mask_is_skipped_with_its_reason(tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from xai_bt.audit.selection import EMPTY_MASK, MaskSource, scan_loader
+    from xai_bt.data.sample import Sample
+    from xai_bt.io.stream import one_line
+    from xai_bt.model.preprocessing import Preprocessing
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)).save(tmp_path / "scan.png")
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "empty.png")
+    full = np.zeros((40, 40), np.uint8)
+    full[10:30, 10:30] = 255
+    Image.fromarray(full).save(tmp_path / "full.png")
+    bundle = SimpleNamespace(preprocessing=Preprocessing(image_size=SIZE))
+    samples = [Sample(path=str(tmp_path / "scan.png"), label="glioma")] * 2
+    load = scan_loader(bundle, samples, [MaskSource("file", str(tmp_path / "empty.png")),
+                                         MaskSource("file", str(tmp_path / "full.png"))])
+    with pytest.raises(ValueError) as err:
+        load(0)
+    assert one_line(err.value) == EMPTY_MASK
+    x, mask = load(1)
+    assert x.shape == mask.shape == (SIZE, SIZE) and x.dtype == np.uint8 and mask.any()
+
+
+def test_killed_then_resumed_stream_equals_the_in_memory_audit(bundle_path, brisc, tmp_path, monkeypatch, caplog):
+    from xai_bt.audit import runner
+
+    cfg = runner.AuditConfig(methods=("gradcam", "saliency"), train_data=str(bundle_path.parent / "train_data"),
+                             faithfulness=2, gallery_size=1, batch_size=2, progress=False)
+    caplog.set_level(logging.INFO, logger="xai_bt.audit")
+    memory = runner.run_audit(bundle_path, str(brisc), cfg, seed=0)
+    assert "scans to audit" in caplog.text
+    assert len(memory.rows) == 2 * memory.summary["n_images"] and "streamed" not in memory.summary
+
+    out, calls = tmp_path / "streamed", []
+    real = runner._Audit._score_batch
+
+    def killed(self, items):
+        calls.append(len(items))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, items)
+
+    monkeypatch.setattr(runner._Audit, "_score_batch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        runner.stream_audit(bundle_path, str(brisc), out, cfg)
+    assert len(_scores(out / "scores.csv")) == 2 * 2 and not (out / "summary.json").exists()
+    monkeypatch.setattr(runner._Audit, "_score_batch", real)
+    summary = runner.stream_audit(bundle_path, str(brisc), out, cfg, resume=True)
+    assert "resume: 2 of 5 scans already done, 3 to go" in caplog.text
+
+    streamed = _scores(out / "scores.csv")
+    assert streamed == {(r["path"], r["method"]): {k: str(v) for k, v in r.items()} for r in memory.rows}
+    a, b = memory.summary, summary
+    assert b["streamed"] and (b["n_images"], b["accuracy"], b["selection"]) == (a["n_images"], a["accuracy"],
+                                                                               a["selection"])
+    assert b["settings"] == a["settings"] and b["mask_sources"] == a["mask_sources"]
+    for method in cfg.methods:
+        for group in ("all", "by_class", "by_prediction"):
+            pa, pb = a["scores"][method][group], b["scores"][method][group]
+            entries = [(pa, pb)] if group == "all" else [(pa[k], pb[k]) for k in pa]
+            for ea, eb in entries:
+                for name, entry in ea.items():
+                    for k in ("mean", "low", "high"):
+                        assert (entry[k] is None and eb[name][k] is None) or abs(entry[k] - eb[name][k]) < 1e-3
+        assert b["faithfulness"][method] == a["faithfulness"][method]   # same scans, pixels and batches
+    assert (out / "report.html").is_file() and not [p for p in out.iterdir() if p.name.startswith(".")]

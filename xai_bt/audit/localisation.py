@@ -166,7 +166,11 @@ def localisation_scores(heatmaps: Any, masks: Any, tolerance_px: float = 0, k: f
 
 # ------------------------------------------------------------------------------------------- summaries
 def _mean_ci(values: np.ndarray, n_boot: int, alpha: float, rng: np.random.Generator) -> dict[str, Any]:
-    """Mean with a percentile-bootstrap CI over the valid (non-NaN) values."""
+    """Mean with a percentile-bootstrap CI over the valid (non-NaN) values, drawn from the caller's generator.
+
+    The audit's one bootstrap. `xai_bt.evaluation.metrics.bootstrap_ci` reseeds per call (and takes labels and
+    class probabilities), so it cannot continue one generator over every group and score as summaries here
+    do: using it would change every committed CI (audits/*/summary.json)."""
     v = values[np.isfinite(values)]
     out: dict[str, Any] = {"mean": None, "low": None, "high": None, "n": int(len(values)), "n_valid": int(len(v))}
     if len(v) == 0:

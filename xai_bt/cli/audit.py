@@ -2,23 +2,30 @@
 
 Writes scores.csv (one row per scan and method), summary.json (means with bootstrap 95% CIs, overall,
 per class and per plane; the wall time) and report.html (self-contained) into --out.
-`--stream` (implied by --resume and --shard) streams the scans through tf.data for large sets: score rows
-are appended to scores.csv per batch, the summary is computed from the CSV at the end
-(:mod:`xai_bt.audit.stream`); `--shard K/N` audits every N-th scan into scores-K-of-N.csv, and a final
-`--resume` run without --shard merges the shards and writes the summary.
+The default run and `--stream` share one batch loop (:mod:`xai_bt.audit.runner`); `--stream` (implied by --resume and --shard) keeps
+no row in memory: score rows are appended to scores.csv per batch (unusable scans to skipped.csv) and the
+summary is computed from the CSV at the end; `--shard K/N` audits every N-th scan into scores-K-of-N.csv, and a
+final `--resume` run without --shard merges the shards and writes the summary. Progress messages (logger
+`xai_bt.audit`) and bars go to stderr, the results table to stdout.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import shlex
 import sys
 import time
+from typing import TYPE_CHECKING, Iterator
 
 from xai_bt.cli._common import add_threshold, fail
 
+if TYPE_CHECKING:
+    from xai_bt.audit.runner import AuditConfig
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from xai_bt.audit.runner import DEFAULT_METHODS
+    from xai_bt.attribution.registry import AUDIT_DEFAULT as DEFAULT_METHODS
 
     p.add_argument("model", help="model bundle folder")
     p.add_argument("--data", required=True, help="dataset with tumor masks (BRISC, figshare .mat, or any "
@@ -55,62 +62,80 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stream scans in batches, appending score rows per batch (flat memory for large sets)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted streamed audit (implies --stream)")
     p.add_argument("--shard", metavar="K/N", help="audit only shard K of N of the scans (implies --stream)")
-    p.add_argument("--workers", type=int, help="scans decoded in parallel when streaming (default: AUTOTUNE)")
+    p.add_argument("--workers", type=int, help="scans decoded in parallel (default: tf.data's AUTOTUNE)")
 
 
 def main(args: argparse.Namespace) -> int:
     from xai_bt.audit.runner import check_out, run_audit, write_audit
-    from xai_bt.model.bundle import BundleError
     from xai_bt.cli._common import UsageError, parse_methods
+    from xai_bt.model.bundle import BundleError
 
     start = time.perf_counter()
-    try:
-        methods = parse_methods(args.methods)
-        for name in ("limit", "batch_size", "gallery"):
-            value = getattr(args, name)
-            if value is not None and value < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if args.stream or args.resume or args.shard:
-            return _streamed(args, methods, start)
-        check_out(args.out, args.overwrite)
-        result = run_audit(args.model, args.data, methods=methods, masks=args.masks, boxes=args.boxes,
-                           unseen_only=args.unseen_only, train_data=args.train_data, limit=args.limit,
-                           layer=args.layer, target=args.target, tolerance_px=args.tolerance,
-                           threshold=args.threshold, faithfulness=args.faithfulness, sanity=args.sanity,
-                           batch_size=args.batch_size, gallery_size=args.gallery, seed=args.seed,
-                           log=lambda m: print(m, file=sys.stderr))
-        paths = write_audit(result, args.out, overwrite=args.overwrite, command=command_line(args))
-    except (UsageError, BundleError, FileExistsError, FileNotFoundError, ValueError) as e:
-        hint = (" (pass --train-data ROOT, or --all to audit every scan)"
-                if "split.csv" in str(e) or "training data" in str(e) else "")
-        return fail(f"{e}{hint}")
+    with _messages_to_stderr():
+        try:
+            config = _config(args, parse_methods(args.methods))
+            if args.stream or args.resume or args.shard:
+                return _streamed(args, config, start)
+            check_out(args.out, args.overwrite)
+            result = run_audit(args.model, args.data, config)
+            paths = write_audit(result, args.out, overwrite=args.overwrite, command=command_line(args))
+        except (UsageError, BundleError, FileExistsError, FileNotFoundError, ValueError) as e:
+            hint = (" (pass --train-data ROOT, or --all to audit every scan)"
+                    if "split.csv" in str(e) or "training data" in str(e) else "")
+            return fail(f"{e}{hint}")
     _print_summary(result.summary)
     print(f"wrote {', '.join(str(p) for p in paths)} in {time.perf_counter() - start:.0f} s")
     return 0
 
 
-def _streamed(args: argparse.Namespace, methods: list[str], start: float) -> int:
-    """The streaming audit (xai_bt.audit.stream); errors propagate to main's one-line handler."""
-    from xai_bt.io.batches import parse_shard
-    from xai_bt.audit.stream import run_streaming
+def _config(args: argparse.Namespace, methods: list[str]) -> AuditConfig:
+    """The AuditConfig the options describe; UsageError names a bad option."""
+    from xai_bt.audit.runner import AuditConfig
     from xai_bt.cli._common import UsageError
+
+    for name in ("limit", "batch_size", "gallery", "workers"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    return AuditConfig(methods=tuple(methods), masks=args.masks, boxes=args.boxes, unseen_only=args.unseen_only,
+                       train_data=args.train_data, limit=args.limit, layer=args.layer, target=args.target,
+                       tolerance_px=args.tolerance, threshold=args.threshold, faithfulness=args.faithfulness,
+                       sanity=args.sanity, batch_size=args.batch_size, gallery_size=args.gallery, seed=args.seed,
+                       workers=args.workers, progress=True)
+
+
+def _streamed(args: argparse.Namespace, config: AuditConfig, start: float) -> int:
+    """The streaming audit (rows to CSV per batch); errors propagate to main's one-line handler."""
+    from xai_bt.audit.runner import stream_audit
+    from xai_bt.cli._common import UsageError
+    from xai_bt.io.shards import parse_shard
 
     if args.resume and args.overwrite:
         raise UsageError("--resume keeps finished scans and --overwrite redoes them: choose one")
-    if args.workers is not None and args.workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {args.workers}")
-    summary = run_streaming(
-        args.model, args.data, args.out, methods=methods, masks=args.masks, boxes=args.boxes,
-        unseen_only=args.unseen_only, train_data=args.train_data, limit=args.limit, layer=args.layer,
-        target=args.target, tolerance_px=args.tolerance, threshold=args.threshold, faithfulness=args.faithfulness,
-        sanity=args.sanity, batch_size=args.batch_size, gallery_size=args.gallery, seed=args.seed,
-        resume=args.resume, overwrite=args.overwrite, shard=parse_shard(args.shard), workers=args.workers,
-        command=command_line(args), log=lambda m: print(m, file=sys.stderr))
+    summary = stream_audit(args.model, args.data, args.out, config, resume=args.resume, overwrite=args.overwrite,
+                           shard=parse_shard(args.shard), command=command_line(args))
     if summary is not None:
         _print_summary(summary)
         print(f"wrote scores.csv, skipped.csv, summary.json, report.html in {args.out} "
               f"in {time.perf_counter() - start:.0f} s")
     return 0
+
+
+@contextlib.contextmanager
+def _messages_to_stderr() -> Iterator[None]:
+    """While the command runs, show the audit's messages (logger xai_bt.audit, INFO and up) on stderr."""
+    logger = logging.getLogger("xai_bt.audit")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def command_line(args: argparse.Namespace) -> str:
