@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(_module(args.command).main(args) or 0)
+        from xai_bt.cli._common import messages_to_stderr
+
+        with messages_to_stderr():
+            return int(_module(args.command).main(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
+from collections.abc import Iterator
 
 from xai_bt.io.explain_files import FIGURE_FORMATS
 
@@ -11,6 +14,31 @@ def fail(message: str, code: int = 2) -> int:
     """Print a one-line error for the user and return the exit code."""
     print(f"error: {message}", file=sys.stderr)
     return code
+
+
+class _TqdmHandler(logging.Handler):
+    """Log records as bare lines on stderr, written through tqdm so a progress bar stays intact."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+@contextlib.contextmanager
+def messages_to_stderr(name: str = "xai_bt", level: int = logging.INFO) -> Iterator[None]:
+    """While a command runs, show the library's log messages (training progress, 'resume: 10 of 40 scans
+    already done', the web server's access log) as bare lines on stderr; the library itself never prints."""
+    logger = logging.getLogger(name)
+    handler, before = _TqdmHandler(level), logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > level:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)
 
 
 def add_threshold(p: argparse.ArgumentParser, what: str) -> None:

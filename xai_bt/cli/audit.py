@@ -11,12 +11,9 @@ final `--resume` run without --shard merges the shards and writes the summary. P
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import shlex
-import sys
 import time
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from xai_bt.cli._common import add_threshold, fail
 
@@ -71,18 +68,17 @@ def main(args: argparse.Namespace) -> int:
     from xai_bt.model.bundle import BundleError
 
     start = time.perf_counter()
-    with _messages_to_stderr():
-        try:
-            config = _config(args, parse_methods(args.methods))
-            if args.stream or args.resume or args.shard:
-                return _streamed(args, config, start)
-            check_out(args.out, args.overwrite)
-            result = run_audit(args.model, args.data, config)
-            paths = write_audit(result, args.out, overwrite=args.overwrite, command=command_line(args))
-        except (UsageError, BundleError, FileExistsError, FileNotFoundError, ValueError) as e:
-            hint = (" (pass --train-data ROOT, or --all to audit every scan)"
-                    if "split.csv" in str(e) or "training data" in str(e) else "")
-            return fail(f"{e}{hint}")
+    try:
+        config = _config(args, parse_methods(args.methods))
+        if args.stream or args.resume or args.shard:
+            return _streamed(args, config, start)
+        check_out(args.out, args.overwrite)
+        result = run_audit(args.model, args.data, config)
+        paths = write_audit(result, args.out, overwrite=args.overwrite, command=command_line(args))
+    except (UsageError, BundleError, FileExistsError, FileNotFoundError, ValueError) as e:
+        hint = (" (pass --train-data ROOT, or --all to audit every scan)"
+                if "split.csv" in str(e) or "training data" in str(e) else "")
+        return fail(f"{e}{hint}")
     _print_summary(result.summary)
     print(f"wrote {', '.join(str(p) for p in paths)} in {time.perf_counter() - start:.0f} s")
     return 0
@@ -119,23 +115,6 @@ def _streamed(args: argparse.Namespace, config: AuditConfig, start: float) -> in
         print(f"wrote scores.csv, skipped.csv, summary.json, report.html in {args.out} "
               f"in {time.perf_counter() - start:.0f} s")
     return 0
-
-
-@contextlib.contextmanager
-def _messages_to_stderr() -> Iterator[None]:
-    """While the command runs, show the audit's messages (logger xai_bt.audit, INFO and up) on stderr."""
-    logger = logging.getLogger("xai_bt.audit")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    level = logger.level
-    logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 def command_line(args: argparse.Namespace) -> str:

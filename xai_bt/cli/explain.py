@@ -12,10 +12,8 @@ run goes on; existing outputs are kept unless --overwrite. Exit 0 when every sca
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import sys
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from xai_bt.cli._common import UsageError, check_numbers, fail, parse_formats, parse_methods
 
@@ -72,8 +70,7 @@ def main(args: argparse.Namespace) -> int:
                             resume=args.resume, shard=shard, batch_size=args.batch_size, workers=args.workers)
     except (ValueError, OSError) as e:     # UsageError and BundleError are ValueErrors; OSError: missing input
         return fail(str(e))
-    with _notes_to_stderr():
-        result = plan.run(progress=True, on_scan=print_scan)
+    result = plan.run(progress=True, on_scan=print_scan)
     return print_summary(result)
 
 
@@ -106,26 +103,3 @@ def print_summary(result: ExplainResult) -> int:
     if len(result.failures) > SHOW_FAILURES:
         print(f"  ... and {len(result.failures) - SHOW_FAILURES} more (status 'error' in {index})", file=sys.stderr)
     return 1 if result.failures else 0
-
-
-class _TqdmHandler(logging.Handler):
-    """Log records as bare lines on stderr, written through tqdm so a progress bar stays intact."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        from tqdm import tqdm
-
-        tqdm.write(self.format(record), file=sys.stderr)
-
-
-@contextlib.contextmanager
-def _notes_to_stderr() -> Iterator[None]:
-    """While explaining, show the library's notes (e.g. 'resume: 10 of 40 scans already done') on stderr."""
-    logger = logging.getLogger("xai_bt.io.explain_files")
-    handler, level = _TqdmHandler(logging.INFO), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
