@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import json
 import os
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -138,26 +137,20 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _write_split(args: argparse.Namespace, samples: list, thumbs, digests) -> dict[str, Any]:
-    """Make, write and re-audit a new split; returns its summary for the JSON report."""
-    from xai_bt.data.splits import audit, make_split, split_groups, write_split_csv
+    """Make, write and re-audit a new split (`splits.write_leakage_free_split`); print what it holds."""
+    from xai_bt.data.splits import write_leakage_free_split
 
-    groups = split_groups(samples, args.threshold, thumbs=thumbs)
-    splits = make_split(samples, args.fractions, args.threshold, args.seed, groups=groups)
     root = args.roots[0] if len(args.roots) == 1 else None     # one dataset: paths relative to its root
-    path = write_split_csv(args.write_split, samples, splits, groups, overwrite=args.overwrite, root=root)
-    relabelled = [dataclasses.replace(s, split=sp) for s, sp in zip(samples, splits)]
-    check = audit(relabelled, args.threshold, 0, thumbs=thumbs, digests=digests)
-    leaks = sum(a["pairs"] for a in check["across"])
-    by_label = {sp: dict(sorted(Counter(s.label for s, x in zip(samples, splits) if x == sp).items()))
-                for sp in sorted(set(splits))}
-    print(f"\nwrote {path} (seed {args.seed}): " +
+    written = write_leakage_free_split(args.write_split, samples, args.fractions, args.threshold, args.seed,
+                                       thumbs=thumbs, digests=digests, overwrite=args.overwrite, root=root)
+    by_label = written["by_label"]
+    print(f"\nwrote {written['path']} (seed {args.seed}): " +
           ", ".join(f"{sp} {sum(c.values())}" for sp, c in by_label.items()) +
-          f"; near-duplicate pairs across its splits: {leaks}")
+          f"; near-duplicate pairs across its splits: {written['pairs_across_splits']}")
     for sp, c in by_label.items():
         total = sum(c.values())
         print(f"  {sp:<6} " + "  ".join(f"{lab} {n / total:.1%}" for lab, n in c.items()))
-    return {"path": str(path), "seed": args.seed, "fractions": list(args.fractions), "by_label": by_label,
-            "pairs_across_splits": leaks, "groups": int(len(set(groups.tolist())))}
+    return written
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:

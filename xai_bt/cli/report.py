@@ -27,8 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from xai_bt.model.bundle import BundleError, default_model_path, load_model
     from xai_bt.data.decode import iter_image_files
+    from xai_bt.model.bundle import BundleError, default_model_path, load_model, load_view_model
     from xai_bt.cli._common import UsageError, check_numbers, parse_methods
 
     out = Path(args.out)
@@ -51,16 +51,6 @@ def main(args: argparse.Namespace) -> int:
         return fail(str(e))
     cases = review_files(files, bundle, methods, view_bundle, args.top_k)
     return write(cases, bundle, out, args)
-
-
-def load_view_model(path: str):
-    """Load a view (plane) classifier bundle; BundleError when the bundle classifies something else."""
-    from xai_bt.model.bundle import BundleError, load_model
-
-    view = load_model(path)
-    if view.config.get("task") != "view":
-        raise BundleError(f"{path}: not a view classifier (task {view.config.get('task', 'tumor')!r})")
-    return view
 
 
 def review_files(files: list[str], bundle, methods: list[str], view_bundle, top_k: float) -> list[dict]:

@@ -8,6 +8,7 @@ class-stratified splits; `audit` measures how much an existing split leaks.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -299,3 +300,20 @@ def audit(samples: Sequence[Sample], threshold: float = TWIN_THRESHOLD, examples
                       "splits": [splits[i], splits[j]], "labels": [labels[i], labels[j]]}
                      for i, j, r in _spread(cross, examples)],
     }
+
+
+def write_leakage_free_split(path: str | Path, samples: Sequence[Sample], fractions: Sequence[float],
+                             threshold: float = TWIN_THRESHOLD, seed: int = 0, *, thumbs: np.ndarray | None = None,
+                             digests: Sequence[str | None] | None = None, overwrite: bool = False,
+                             root: str | None = None) -> dict[str, Any]:
+    """Make a split that keeps every twin group on one side, write it as CSV, and audit it again: the
+    summary (path, class counts per split, twin pairs across its splits, groups) for the report."""
+    groups = split_groups(samples, threshold, thumbs=thumbs)
+    splits = make_split(samples, fractions, threshold, seed, groups=groups)
+    written = write_split_csv(path, samples, splits, groups, overwrite=overwrite, root=root)
+    relabelled = [dataclasses.replace(s, split=sp) for s, sp in zip(samples, splits)]
+    check = audit(relabelled, threshold, 0, thumbs=thumbs, digests=digests)
+    by_label = {sp: dict(sorted(Counter(s.label for s, x in zip(samples, splits) if x == sp).items()))
+                for sp in sorted(set(splits))}
+    return {"path": str(written), "seed": seed, "fractions": list(fractions), "by_label": by_label,
+            "pairs_across_splits": sum(a["pairs"] for a in check["across"]), "groups": int(len(set(groups.tolist())))}

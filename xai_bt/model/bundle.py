@@ -338,6 +338,14 @@ def load_model(path: str | os.PathLike) -> Bundle:
     return Bundle(root, config, networks)
 
 
+def load_view_model(path: str | os.PathLike) -> Bundle:
+    """Load a view (plane) classifier bundle; BundleError when the bundle classifies something else."""
+    view = load_model(path)
+    if view.config.get("task") != "view":
+        raise BundleError(f"{path}: not a view classifier (task {view.config.get('task', 'tumor')!r})")
+    return view
+
+
 def default_model_path() -> Path:
     """The shipped default tumor classifier (`models/default` in the repository or `XAI_BT_MODEL`)."""
     env = os.environ.get("XAI_BT_MODEL")
