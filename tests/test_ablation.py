@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from xai_bt.evaluation.view_ablation import derangement, plot_view_ablation, replacement_vectors, view_ablation
+from xai_bt.evaluation.view_ablation import derangement, replacement_vectors, summarise, view_ablation
 from xai_bt.data.sample import CLASS_NAMES, PLANES
+from xai_bt.plots.view_ablation import plot_view_ablation
 
 from conftest import SAMPLES
 
@@ -66,8 +67,28 @@ def test_zeroing_changes_a_view_dependent_model(two_stage, batch):
     zero_all = next(r for r in res["by_class"] if r["group"] == "all" and r["condition"] == "zeroed")
     assert zero_all["confidence_change"] < 0 and zero_all["accuracy"] is None
     assert res["plane_source"] == "predicted" and res["class_source"] == "predicted"
+    assert zero_all["agreement_change"] == pytest.approx(zero_all["agreement"] - 1.0)
     fig = plot_view_ablation(res)
     assert len(fig.axes) == 3 and "ablation" in fig._suptitle.get_text()
+    assert fig.axes[2].get_ylabel() == "change in agreement vs intact"  # labelled colour bar
+
+
+def test_plot_draws_exactly_the_summaries():
+    """Numbers in, Figure out: each cell shows the summary's accuracy and confidence change, coloured by its
+    accuracy change; nothing is recomputed from predictions (there are none in this result)."""
+    rows = [{"index": i, "condition": c, "changed": c == "zeroed" and i == 0, "correct": not (c == "zeroed" and i == 0),
+             "confidence": 0.9 - 0.2 * (c == "zeroed"), "true_class": ["glioma", "pituitary"][i % 2],
+             "plane": ["axial", "coronal"][i // 2]}
+            for c in ("intact", "zeroed") for i in range(4)]
+    result = {"conditions": ["intact", "zeroed"], "by_class": summarise(rows, "true_class"),
+              "by_plane": summarise(rows, "plane"), "class_source": "labelled", "plane_source": "labelled"}
+    fig = plot_view_ablation(result)
+    left = fig.axes[0]
+    assert [t.get_text() for t in left.texts] == ["1.00\n(+0.00)", "1.00\n(+0.00)", "1.00\n(+0.00)",
+                                                  "0.75\n(-0.20)", "0.50\n(-0.20)", "1.00\n(-0.20)"]
+    assert [t.get_text() for t in left.get_xticklabels()] == ["all", "glioma", "pituitary"]
+    np.testing.assert_allclose(left.images[0].get_array(), [[0, 0, 0], [-0.25, -0.5, 0]])
+    assert fig.axes[2].get_ylabel() == "change in accuracy vs intact"
 
 
 def test_replacement_vectors_are_what_they_claim():

@@ -244,3 +244,109 @@ def test_calibrate_with_hflip_tta(setup, tmp_path, capsys):
     (path / "bundle.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="unknown test-time augmentation 'rot90'"):
         load_model(path).predict_prepared(x)
+
+
+# --------------------------------------------------------------------------------------------- the engine, model-free
+def _fake_evaluation(tmp_path, n: int = 160, temperature: float = 1.7):
+    """A ModelEvaluation without a network: logits of an over-confident 4-class model, two test parts."""
+    from types import SimpleNamespace
+
+    from scipy.special import softmax
+
+    from xai_bt.evaluation.paper import ModelEvaluation
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), n // 4)
+    z = rng.normal(scale=3.0, size=(n, 4))
+    z[np.arange(n), y] += 3.0
+    bundle_dir = tmp_path / "fake_model"
+    bundle_dir.mkdir()
+    (bundle_dir / "history.csv").write_text("epoch,loss,val_loss\n0,1.0,1.1\n1,0.6,0.8\n")
+    bundle = SimpleNamespace(path=bundle_dir, config={"arch": "fake"}, kind="single", class_names=CLASS_NAMES,
+                             temperature=temperature)
+    probs = {"raw": softmax(z, axis=1), "calibrated": softmax(z / temperature, axis=1)}
+    free = np.arange(n) % 3 != 0
+    rows = [{"path": str(tmp_path / f"scan_{i}.jpg"), "true": CLASS_NAMES[y[i]],
+             "pred": CLASS_NAMES[int(probs["calibrated"][i].argmax())], "leakage_free": bool(free[i]),
+             "max_similarity_to_training": 0.5} for i in range(n)]
+    results = {"data": str(tmp_path), "test_set": "official test split", "dedup_threshold": 0.99,
+               "reference_scans": 100, "n_unreadable": 0, "predictions": rows}
+    return ModelEvaluation("fake", bundle, results, y, {"model": z}, probs,
+                           {"official": np.ones(n, bool), "leakage_free": free}, 0.0)
+
+
+def test_engine_computes_each_number_once_and_every_output_shows_it(tmp_path, monkeypatch):
+    """Bootstraps, curves and bins run once per part (and setting); figures, tables, README, results.json and
+    the summary all show those very numbers."""
+    from collections import Counter
+
+    from xai_bt.evaluation import metrics, paper
+
+    ev = _fake_evaluation(tmp_path)
+    calls = Counter()
+    for name in ("auc_with_ci", "roc_bands", "roc_curves", "pr_curves", "reliability_panels", "bootstrap_ci",
+                 "bootstrap_difference", "bootstrap_paired", "roc_plot_data"):
+        def counted(*args, _real=getattr(metrics, name), _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(metrics, name, counted)
+    res = paper.model_outputs(ev, tmp_path / "out", formats=("png",), n_boot=40, n_bins=10)
+    parts = 2
+    assert calls == {"auc_with_ci": 2 * parts, "roc_bands": parts, "roc_curves": parts, "pr_curves": parts,
+                     "reliability_panels": 2 * parts, "bootstrap_paired": 3 * parts}
+    monkeypatch.undo()
+
+    d = tmp_path / "out"
+    numbers = res["numbers"]
+    assert json.loads((d / "results.json").read_text())["parts"] == json.loads(json.dumps(numbers))
+    official = numbers["official"]["calibrated"]
+    with open(d / "summary.csv", newline="") as fh:
+        summary = list(csv.DictReader(fh))
+    assert float(summary[0]["macro_auc"]) == official["auc_ci"]["macro"]["estimate"]
+    assert float(summary[1]["ece_raw"]) == numbers["leakage_free"]["raw"]["calibration"]["ece"]
+    readme = (d / "README.md").read_text()
+    macro = official["auc_ci"]["macro"]
+    assert f"{macro['estimate']:.4f} [{macro['low']:.4f}, {macro['high']:.4f}]" in readme
+
+    # the figures are drawn from those dicts alone: with every computing function broken they still draw
+    def broken(*args, **kwargs):
+        raise AssertionError("a figure recomputed a number")
+    for name in ("auc_with_ci", "roc_bands", "roc_curves", "pr_curves", "reliability_panels"):
+        monkeypatch.setattr(metrics, name, broken)
+    from xai_bt.evaluation import calibration
+    monkeypatch.setattr(calibration, "reliability_bins", broken)
+    figs = paper.part_figures("official", numbers["official"], res["curves"]["official"], CLASS_NAMES, 1.7)
+    assert set(figs) == {f"{stem}_official" for stem in ("roc", "pr", "confusion_counts", "confusion_normalised",
+                                                          "reliability")} | {"reliability_classes_official_raw",
+                                                                             "reliability_classes_official_calibrated"}
+    legend = [t.get_text() for t in figs["roc_official"].axes[0].get_legend().get_texts()]
+    ci = official["auc_ci"]["per_class"]["glioma"]
+    assert legend[0] == f"glioma  {ci['estimate']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
+    titles = [ax.get_title() for ax in figs["reliability_official"].axes]
+    for title, setting in zip(titles, ("raw", "calibrated")):
+        assert title.endswith(f"(ECE {numbers['official'][setting]['calibration']['ece']:.4f})")
+    assert figs["reliability_official"]._suptitle.get_text() == "Official test split (n = 160)"
+    cm = official["report"]["confusion_matrix"]
+    assert [t.get_text() for t in figs["confusion_counts_official"].axes[0].texts] == [str(v) for r in cm for v in r]
+
+    text = paper.summary_text({"records": {"fake": res["record"]}, "notes": ["a note"]})
+    assert text.splitlines()[0] == "fake (T = 1.7):"
+    assert f"accuracy {official['accuracy_ci']['estimate']:.4f}" in text and text.endswith("note: a note")
+    assert f"glioma {ci['estimate']:.4f} [{ci['low']:.4f}, {ci['high']:.4f}]" in text
+
+
+def test_calibration_change_is_the_separate_bootstraps(tmp_path):
+    """The one-pass paired bootstrap gives the numbers the three separate bootstraps gave before."""
+    from functools import partial
+
+    from xai_bt.evaluation.calibration import brier_score, ece, nll
+    from xai_bt.evaluation.metrics import bootstrap_ci, bootstrap_difference
+    from xai_bt.evaluation.paper import calibration_change
+
+    ev = _fake_evaluation(tmp_path)
+    raw, scaled = ev.probs["raw"], ev.probs["calibrated"]
+    change = calibration_change(ev.y, raw, scaled, n_boot=50, n_bins=10)
+    for name, fn in (("ece", partial(ece, n_bins=10)), ("nll", nll), ("brier", brier_score)):
+        assert change[name] == {"raw": bootstrap_ci(fn, ev.y, raw, n_boot=50),
+                                "scaled": bootstrap_ci(fn, ev.y, scaled, n_boot=50),
+                                "change": bootstrap_difference(fn, ev.y, raw, scaled, n_boot=50)}

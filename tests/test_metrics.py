@@ -1,4 +1,5 @@
-"""Metrics agree with scikit-learn and with hand computation; tables, figure style and plots behave."""
+"""Metrics agree with scikit-learn and with hand computation; tables, figure style and plots behave; plots
+draw exactly the numbers they are given."""
 from __future__ import annotations
 
 import ast
@@ -24,8 +25,9 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from xai_bt.evaluation import metrics, tables
+from xai_bt.evaluation.calibration import reliability_bins
 from xai_bt.plots import evaluation as eval_plots
-from xai_bt.evaluation import metrics
 from xai_bt.plots import style
 
 NAMES = ["glioma", "meningioma", "no_tumor", "pituitary"]
@@ -185,6 +187,23 @@ def test_roc_bands_cover_the_curve_and_match_sklearn():
     json.dumps(bands, allow_nan=False)
 
 
+def test_paired_bootstrap_equals_the_three_separate_calls():
+    """bootstrap_paired shares one metric evaluation per resample between the two CIs and the change; the
+    numbers must be those of bootstrap_ci (each set) and bootstrap_difference, exactly."""
+    y, p = make_predictions(300)
+    sharper = softmax(3 * np.log(p), axis=1)
+    for fn in (lambda yt, pp: float(np.mean(pp.argmax(1) == yt)),
+               lambda yt, pp: float(np.mean(np.sum((pp - np.eye(4)[yt]) ** 2, axis=1)))):
+        for stratified in (True, False):
+            kw = {"n_boot": 60, "seed": 4, "stratified": stratified}
+            both = metrics.bootstrap_paired(fn, y, p, sharper, **kw)
+            assert both["a"] == metrics.bootstrap_ci(fn, y, p, **kw)
+            assert both["b"] == metrics.bootstrap_ci(fn, y, sharper, **kw)
+            assert both["change"] == metrics.bootstrap_difference(fn, y, p, sharper, **kw)
+    with pytest.raises(ValueError, match="differ in shape"):
+        metrics.bootstrap_paired(fn, y, p, np.hstack([p, np.zeros((len(p), 1))]))
+
+
 def test_roc_bands_fast_on_benchmark_size():
     y, p = make_predictions(1311)
     start = time.perf_counter()
@@ -194,10 +213,11 @@ def test_roc_bands_fast_on_benchmark_size():
 
 def test_roc_zoom_inset_only_for_near_perfect_models():
     y, p = make_predictions(400, signal=6.0)
-    assert len(eval_plots.plot_roc(y, p, NAMES, n_boot=50).axes[0].child_axes) == 1  # corner inset
-    assert not eval_plots.plot_roc(y, p, NAMES, n_boot=50, zoom=None).axes[0].child_axes
+    data = metrics.roc_plot_data(y, p, NAMES, n_boot=50)
+    assert len(eval_plots.plot_roc(**data).axes[0].child_axes) == 1  # corner inset
+    assert not eval_plots.plot_roc(**data, zoom=None).axes[0].child_axes
     y, p = make_predictions(400, signal=0.5)
-    assert not eval_plots.plot_roc(y, p, NAMES, ci=False).axes[0].child_axes
+    assert not eval_plots.plot_roc(**metrics.roc_plot_data(y, p, NAMES, ci=False)).axes[0].child_axes
 
 
 def test_training_curves_from_merged_log_with_phases(tmp_path):
@@ -221,9 +241,9 @@ def test_accuracy_wilson_interval_textbook_value():
 # --------------------------------------------------------------------------------------------- tables
 def test_tables_written_escaped_and_not_overwritten(tmp_path):
     y, p = make_predictions(200)
-    rows = metrics.to_rows(metrics.classification_report_dict(y, p, NAMES))
+    rows = tables.to_rows(metrics.classification_report_dict(y, p, NAMES))
     assert [r["class"] for r in rows] == NAMES + ["macro avg", "weighted avg", "micro avg"]
-    paths = metrics.write_tables(rows, tmp_path / "sub" / "report")
+    paths = tables.write_tables(rows, tmp_path / "sub" / "report")
     assert [x.suffix for x in paths] == [".csv", ".md", ".tex"]
     with paths[0].open() as fh:
         back = list(csv.DictReader(fh))
@@ -234,8 +254,9 @@ def test_tables_written_escaped_and_not_overwritten(tmp_path):
     assert r"no\_tumor" in tex and r"\toprule" in tex and "no_tumor" not in tex
     with pytest.raises(FileExistsError, match="report.md"):
         paths[0].unlink()
-        metrics.write_tables(rows, tmp_path / "sub" / "report")
+        tables.write_tables(rows, tmp_path / "sub" / "report")
     assert not paths[0].exists()  # nothing written when any target exists
+    assert tables.markdown_table([{"a": None, "b": 0.5}], digits=2).splitlines()[2] == "| – | 0.50 |"
 
 
 # --------------------------------------------------------------------------------------------- style & plots
@@ -260,19 +281,21 @@ def test_style_constants():
 def _figures() -> dict[str, Figure]:
     y, p = make_predictions(200)
     cm = metrics.classification_report_dict(y, p, NAMES)["confusion_matrix"]
+    sharper = softmax(2 * np.log(p), 1)
     history = {"loss": [1.0, 0.6, 0.4], "val_loss": [1.1, 0.8, 0.9], "accuracy": [0.5, 0.7, 0.8],
                "val_accuracy": [0.4, 0.6, 0.7], "learning_rate": [1e-3, 5e-4, 1e-4]}
     rows = [{"name": "cnn", "accuracy": 0.87, "ci_low": 0.85, "ci_high": 0.89, "leakage_free_accuracy": 0.8,
              "leakage_free_ci_low": 0.77, "leakage_free_ci_high": 0.83},
             {"name": "efficientnet_lite0_two_stage", "accuracy": 0.93, "ci_low": 0.92, "ci_high": 0.94}]
     return {
-        "roc": eval_plots.plot_roc(y, p, NAMES, n_boot=100),
-        "pr": eval_plots.plot_pr(y, p, NAMES),
+        "roc": eval_plots.plot_roc(**metrics.roc_plot_data(y, p, NAMES, n_boot=100)),
+        "pr": eval_plots.plot_pr(metrics.pr_curves(y, p, NAMES)),
         "confusion": eval_plots.plot_confusion(cm, NAMES),
         "confusion_counts": eval_plots.plot_confusion(cm, NAMES, normalise=False),
-        "reliability": eval_plots.plot_reliability(y, p, class_index=2, class_names=NAMES),
-        "reliability_grid": eval_plots.plot_reliability_grid(y, p, NAMES),
-        "reliability_pair": eval_plots.plot_reliability_comparison(y, {"raw": p, "sharper": softmax(2 * np.log(p), 1)}),
+        "reliability": eval_plots.plot_reliability(reliability_bins(y, p, class_index=2), class_names=NAMES),
+        "reliability_grid": eval_plots.plot_reliability_grid(metrics.reliability_panels(y, p), NAMES),
+        "reliability_pair": eval_plots.plot_reliability_comparison(
+            {"raw": reliability_bins(y, p), "sharper": reliability_bins(y, sharper)}),
         "training": eval_plots.plot_training_curves(history),
         "comparison": eval_plots.plot_architecture_comparison(rows),
     }
@@ -281,7 +304,7 @@ def _figures() -> dict[str, Figure]:
 def test_plots_fit_their_column_width():
     for name, fig in _figures().items():
         assert style.clipped_texts(fig) == [], name
-    fig = eval_plots.plot_roc(*make_predictions(100), NAMES, ci=False)
+    fig = eval_plots.plot_roc(**metrics.roc_plot_data(*make_predictions(100), NAMES, ci=False))
     fig.axes[0].set_title("a title far too long for a single journal column, which save_figure would cut")
     assert style.clipped_texts(fig) and "far too long" in style.clipped_texts(fig)[0]
 
@@ -299,8 +322,8 @@ def test_plots_draw_on_given_axes_and_read_csv_history(tmp_path):
     fig = Figure(figsize=style.TWO_COLUMN)
     left, right = fig.subplots(1, 2)
     y, p = make_predictions(100)
-    assert eval_plots.plot_roc(y, p, NAMES, ci=False, ax=left) is fig
-    assert eval_plots.plot_reliability(y, p, ax=right) is fig
+    assert eval_plots.plot_roc(**metrics.roc_plot_data(y, p, NAMES, ci=False), ax=left) is fig
+    assert eval_plots.plot_reliability(reliability_bins(y, p), ax=right) is fig
     assert "ECE" in right.get_title()
     log = tmp_path / "log.csv"
     log.write_text("epoch,loss,val_loss\n0,1.0,1.2\n1,0.5,0.9\n")
@@ -308,10 +331,124 @@ def test_plots_draw_on_given_axes_and_read_csv_history(tmp_path):
     assert len(fig.axes) == 1 and list(fig.axes[0].lines[0].get_xdata()) == [1, 2]
 
 
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    return names | {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+
+
 def test_metric_modules_do_not_import_deep_learning_frameworks():
     """These modules must stay importable without TensorFlow/Keras (evaluation from saved predictions)."""
-    for module in ("metrics", "calibration", "style", "eval_plots"):
-        tree = ast.parse((REPO / "xai_bt" / f"{module}.py").read_text())
-        names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-        names |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    for module in ("evaluation/metrics", "evaluation/calibration", "evaluation/tables", "plots/style",
+                   "plots/evaluation", "plots/view_ablation"):
+        names = _imports(REPO / "xai_bt" / f"{module}.py")
         assert not {n.split(".")[0] for n in names} & {"tensorflow", "keras", "torch", "jax"}, module
+
+
+def test_plot_modules_only_draw():
+    """Numbers in, Figure out: the evaluation plot modules import nothing that computes metrics."""
+    for module in ("plots/evaluation", "plots/view_ablation"):
+        names = _imports(REPO / "xai_bt" / f"{module}.py")
+        assert not {n for n in names if n.startswith(("xai_bt.evaluation", "sklearn", "scipy"))}, module
+
+
+# --------------------------------------------------------------------------------------------- numbers in, Figure out
+def _legend(fig: Figure, axes: int = 0) -> list[str]:
+    return [t.get_text() for t in fig.axes[axes].get_legend().get_texts()]
+
+
+def test_roc_draws_exactly_the_numbers_it_is_given():
+    """Made-up curves, CIs and bands (not computable from any predictions) come out as given."""
+    curves = {"per_class": {"glioma": {"fpr": [0.0, 0.2, 1.0], "tpr": [0.0, 0.7, 1.0], "auc": 0.75},
+                            "pituitary": {"fpr": [0.0, 0.5, 1.0], "tpr": [0.0, 0.9, 1.0], "auc": 0.7}},
+              "macro": {"fpr": [0.0, 0.2, 0.5, 1.0], "tpr": [0.0, 0.6, 0.8, 1.0], "auc": 0.72}}
+    ci = {"per_class": {"glioma": {"estimate": 0.751, "low": 0.6, "high": 0.85},
+                        "pituitary": {"estimate": 0.702, "low": 0.55, "high": 0.8}},
+          "macro": {"estimate": 0.7262, "low": 0.61, "high": 0.79}}
+    bands = {"fpr": [0.0, 0.5, 1.0], "per_class": {"glioma": {"tpr": [0, 0.8, 1], "low": [0, 0.6, 1.0],
+                                                             "high": [0.1, 0.9, 1.0]}}}
+    fig = eval_plots.plot_roc(curves, auc_ci=ci, bands=bands, zoom=None)
+    ax = fig.axes[0]
+    assert _legend(fig) == ["glioma  0.751 [0.600, 0.850]", "pituitary  0.702 [0.550, 0.800]",
+                            "macro  0.726 [0.610, 0.790]"]
+    assert ax.get_legend().get_title().get_text() == "AUC [95% CI]"
+    for line, curve in zip(ax.lines, [*curves["per_class"].values(), curves["macro"]]):
+        assert list(line.get_xdata()) == curve["fpr"] and list(line.get_ydata()) == curve["tpr"]
+    assert len(ax.collections) == 1  # one band: only glioma has one
+    assert style.CLASS_COLORS["glioma"].lower() in matplotlib.colors.to_hex(ax.lines[0].get_color())
+    fig = eval_plots.plot_roc(curves)  # no CIs: plain AUCs, macro = mean of the per-class AUCs
+    assert _legend(fig) == ["glioma  0.750", "pituitary  0.700", "macro  0.725"]
+    assert fig.axes[0].get_legend().get_title().get_text() == "AUC" and not fig.axes[0].collections
+
+
+def test_roc_from_predictions_equals_computing_then_plotting():
+    y, p = make_predictions(300, signal=3.0)
+    data = metrics.roc_plot_data(y, p, NAMES, n_boot=60, seed=2)
+    assert data["curves"] == metrics.roc_curves(y, p, NAMES)
+    assert data["auc_ci"] == metrics.auc_with_ci(y, p, NAMES, n_boot=60, seed=2)
+    assert data["bands"] == metrics.roc_bands(y, p, NAMES, n_boot=60, seed=2)
+    assert metrics.roc_plot_data(y, p, NAMES, ci=False)["auc_ci"] is None
+    assert metrics.roc_plot_data(y, p, NAMES, ci=False)["bands"] is None
+    assert metrics.roc_plot_data(y, p, NAMES, n_boot=20, band=False)["bands"] is None
+    a = eval_plots.plot_roc(**data)
+    b = eval_plots.plot_roc(metrics.roc_curves(y, p, NAMES), metrics.auc_with_ci(y, p, NAMES, n_boot=60, seed=2),
+                            metrics.roc_bands(y, p, NAMES, n_boot=60, seed=2))
+    assert _legend(a) == _legend(b)
+    assert np.array_equal(_pixels(a), _pixels(b))
+
+
+def _pixels(fig: Figure) -> np.ndarray:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba()).copy()
+
+
+def test_pr_draws_exactly_the_curves_it_is_given():
+    curves = {"per_class": {"x": {"recall": [1.0, 0.5, 0.0], "precision": [0.4, 0.8, 1.0],
+                                  "average_precision": 0.66}},
+              "micro": {"recall": [1.0, 0.0], "precision": [0.5, 1.0], "average_precision": 0.995}}
+    fig = eval_plots.plot_pr(curves)
+    assert _legend(fig) == ["x  0.660", "micro  0.9950"]
+    assert list(fig.axes[0].lines[0].get_ydata()) == [0.4, 0.8, 1.0]
+    y, p = make_predictions(200)
+    assert _legend(eval_plots.plot_pr(metrics.pr_curves(y, p, NAMES)))[0].startswith("glioma  ")
+
+
+def test_confusion_prints_the_given_counts():
+    fig = eval_plots.plot_confusion([[7, 1], [2, 30]], ["a", "b"], normalise=False)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["7", "1", "2", "30"]
+    fig = eval_plots.plot_confusion([[7, 1], [2, 30]], ["a", "b"])
+    assert fig.axes[0].texts[0].get_text() == "88%\n(7)"
+    assert fig.axes[1].get_ylabel() == "Share of true class"  # labelled colour bar
+
+
+def _fake_bins(class_index: int | None = None) -> dict:
+    return {"edges": [0.0, 0.5, 1.0], "confidence": [None, 0.8], "accuracy": [None, 0.6], "count": [0, 12],
+            "ece": 0.123456, "class_index": class_index}
+
+
+def test_reliability_plots_draw_exactly_the_bins_they_are_given():
+    fig = eval_plots.plot_reliability(_fake_bins(1), class_names=["a", "b"])
+    ax = fig.axes[0]
+    assert ax.get_title() == "b (ECE 0.1235)" and ax.get_xlabel() == "Predicted P(b)"
+    heights = [bar.get_height() for bar in ax.containers[0]]
+    assert np.isnan(heights[0]) and heights[1] == pytest.approx(0.6)
+    assert ax.containers[1][1].get_height() == pytest.approx(0.2)  # the gap to the diagonal
+    assert [t.get_text() for t in ax.texts] == ["12"]  # counts of non-empty bins
+    fig = eval_plots.plot_reliability_grid([_fake_bins(), _fake_bins(0), _fake_bins(1)], ["a", "b"])
+    assert [a.get_title() for a in fig.axes] == ["Overall (ECE 0.1235)", "a (ECE 0.1235)", "b (ECE 0.1235)"]
+    fig = eval_plots.plot_reliability_comparison({"raw": _fake_bins(), "scaled": {**_fake_bins(), "ece": 0.01}})
+    assert [a.get_title() for a in fig.axes] == ["raw (ECE 0.1235)", "scaled (ECE 0.0100)"]
+    with pytest.raises(ValueError):
+        eval_plots.plot_reliability_grid([])
+
+
+def test_reliability_panels_are_the_bins_overall_then_per_class():
+    y, p = make_predictions(300)
+    panels = metrics.reliability_panels(y, p, n_bins=7)
+    assert panels == [reliability_bins(y, p, 7, class_index=c) for c in (None, 0, 1, 2, 3)]
+    fig = eval_plots.plot_reliability_grid(panels, NAMES)
+    assert len(fig.axes) == 5 and fig.axes[0].get_title() == f"Overall (ECE {panels[0]['ece']:.4f})"
+    assert [a.get_title().split(" (")[0] for a in fig.axes[1:]] == NAMES

@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from xai_bt.model.bundle import BundleError
-    from xai_bt.evaluation.paper import make_figures
+    from xai_bt.evaluation.paper import make_figures, summary_text
 
     try:
         result = make_figures(args.models, args.data, args.out, formats=args.formats, overwrite=args.overwrite,
@@ -35,5 +35,6 @@ def main(args: argparse.Namespace) -> int:
                               n_boot=args.n_boot, n_bins=args.bins)
     except (BundleError, FileExistsError, ValueError, FileNotFoundError) as e:
         return fail(str(e))
+    print(summary_text(result))
     print(f"wrote {len(result['paths'])} files to {args.out}")
     return 0

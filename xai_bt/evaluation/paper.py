@@ -13,30 +13,41 @@ defined by :func:`xai_bt.evaluation.evaluate.evaluate_bundle`):
   ``auc_ci`` (per-class AUC with 95% CIs, both parts), ``calibration`` (ECE/MCE/classwise ECE/Brier/NLL
   before and after temperature scaling, on the validation split where it was fitted and on the test parts),
   ``calibration_change`` (ECE/NLL/Brier raw and scaled with bootstrap CIs, and the paired CI of the change);
-- ``results.json`` (every number above) and ``predictions.csv`` (per scan: probabilities raw and scaled,
-  and the raw logits at full precision, so everything can be recomputed without the model).
+- ``results.json`` (every number of the tables and legends above; the curves and bins the figures draw are
+  not stored) and ``predictions.csv`` (per scan: probabilities raw and scaled, and the raw logits at full
+  precision, so everything can be recomputed without the model).
 
 Across models (``OUT/``): ``architecture_comparison`` (accuracy with Wilson 95% CIs, official vs
 leakage-free) and the ``comparison`` table.
 
 The networks run once per model: the bundle records the raw logits of the one evaluation pass, and the
 raw and temperature-scaled probabilities are both computed from them (exactly as
-`Bundle.predict_prepared` would). Nothing is overwritten unless asked; the check happens before any
-model runs.
+`Bundle.predict_prepared` would). Every number is then computed once per model and part
+(:func:`part_numbers`: reports, CIs, calibration; :func:`part_curves`: ROC curves and bands, PR curves,
+reliability bins) and the same dicts feed the figures (:func:`part_figures`, drawing only), the tables,
+the README and results.json. Nothing is overwritten unless asked; the check happens before any model
+runs. Progress goes to the ``xai_bt.evaluation`` logger; :func:`summary_text` formats the numbers for a
+terminal.
 """
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from xai_bt.data.twins import TWIN_THRESHOLD, describe_twins
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+logger = logging.getLogger("xai_bt.evaluation")
 
 PARTS = {"official": "official test split", "leakage_free": "leakage-free subset"}
 SETTINGS = ("raw", "calibrated")
@@ -133,6 +144,7 @@ def evaluate_model(model, data: str, name: str | None = None, threshold: float =
                    train_data: str | None = None) -> ModelEvaluation:
     """Run :func:`xai_bt.evaluation.evaluate.evaluate_bundle` once (temperature-scaled) and derive the raw
     probabilities from the same forward pass."""
+    from xai_bt.evaluation.evaluate import evaluate_bundle
     from xai_bt.model.bundle import Bundle, load_model
     from xai_bt.model.calibrate import probabilities_at, raw_logits
 
@@ -143,8 +155,8 @@ def evaluate_model(model, data: str, name: str | None = None, threshold: float =
         notes.append("no fitted temperature (run `python -m xai_bt calibrate` first): raw and "
                      "temperature-scaled probabilities are the same")
     rec = _recording(bundle)
-    results = evaluate_bundle_quietly(rec, data, threshold=threshold, batch_size=batch_size,
-                                      train_data=train_data)
+    results = evaluate_bundle(rec, data, threshold=threshold, batch_size=batch_size, calibrated=True,
+                              train_data=train_data)
     rows = results["predictions"]
     names = list(bundle.class_names)
     y = np.array([names.index(r["true"]) for r in rows])
@@ -175,20 +187,10 @@ def evaluate_model(model, data: str, name: str | None = None, threshold: float =
                            time.time() - t0, notes)
 
 
-def evaluate_bundle_quietly(bundle, data: str, **kwargs) -> dict[str, Any]:
-    """evaluate_bundle without its printed summary (the figures command prints its own)."""
-    import contextlib
-    import io
-
-    from xai_bt.evaluation.evaluate import evaluate_bundle
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        return evaluate_bundle(bundle, data, calibrated=True, **kwargs)
-
-
 # --------------------------------------------------------------------------------------------- numbers
 def part_numbers(ev: ModelEvaluation, part: str, n_boot: int = 1000, n_bins: int = 15) -> dict[str, Any]:
-    """Every number of one test part: reports raw and scaled, accuracy CI, AUC CIs, calibration."""
+    """Every number of one test part, JSON-safe (results.json ``parts``; the tables, README and figure
+    legends read the same dict): reports raw and scaled, accuracy CI, AUC CIs, calibration and its change."""
     from xai_bt.evaluation.calibration import calibration_report
     from xai_bt.evaluation.metrics import accuracy_ci, auc_with_ci, classification_report_dict
 
@@ -210,18 +212,68 @@ def part_numbers(ev: ModelEvaluation, part: str, n_boot: int = 1000, n_bins: int
 def calibration_change(y: np.ndarray, p_raw: np.ndarray, p_scaled: np.ndarray, n_boot: int = 1000,
                        n_bins: int = 15) -> dict[str, Any]:
     """ECE, NLL and Brier raw and scaled with 95% bootstrap CIs, and the paired CI of the change
-    (scaled - raw; negative = temperature scaling helped) on the same resamples."""
+    (scaled - raw; negative = temperature scaling helped), all from one pass over the same resamples."""
     from functools import partial
 
     from xai_bt.evaluation.calibration import brier_score, ece, nll
-    from xai_bt.evaluation.metrics import bootstrap_ci, bootstrap_difference
+    from xai_bt.evaluation.metrics import bootstrap_paired
 
     out = {}
     for name, fn in (("ece", partial(ece, n_bins=n_bins)), ("nll", nll), ("brier", brier_score)):
-        out[name] = {"raw": bootstrap_ci(fn, y, p_raw, n_boot=n_boot),
-                     "scaled": bootstrap_ci(fn, y, p_scaled, n_boot=n_boot),
-                     "change": bootstrap_difference(fn, y, p_raw, p_scaled, n_boot=n_boot)}
+        cis = bootstrap_paired(fn, y, p_raw, p_scaled, n_boot=n_boot)
+        out[name] = {"raw": cis["a"], "scaled": cis["b"], "change": cis["change"]}
     return out
+
+
+def part_curves(ev: ModelEvaluation, part: str, n_boot: int = 1000, n_bins: int = 15) -> dict[str, Any]:
+    """What the figures of one test part draw beyond :func:`part_numbers`: ROC curves and their pointwise
+    bootstrap bands (same seed and resamples as the AUC CIs) and PR curves of the temperature-scaled
+    probabilities, and the reliability bins (overall, then per class) of both probability sets."""
+    from xai_bt.evaluation.metrics import pr_curves, reliability_panels, roc_bands, roc_curves
+
+    m = ev.masks[part]
+    y, p = ev.y[m], ev.probs["calibrated"][m]
+    return {"roc": roc_curves(y, p, ev.class_names), "roc_bands": roc_bands(y, p, ev.class_names, n_boot=n_boot),
+            "pr": pr_curves(y, p, ev.class_names),
+            "reliability": {s: reliability_panels(y, ev.probs[s][m], n_bins) for s in SETTINGS}}
+
+
+def _setting_labels(temperature: float) -> dict[str, str]:
+    """How the figures name the raw and the temperature-scaled probabilities."""
+    return {"raw": "Raw, T = 1", "calibrated": f"Temperature-scaled, T = {temperature:.3g}"}
+
+
+def part_figures(part: str, numbers: dict[str, Any], curves: dict[str, Any], class_names: Sequence[str],
+                 temperature: float) -> dict[str, Figure]:
+    """The figures of one test part, file stem -> Figure, drawn from its :func:`part_numbers` and
+    :func:`part_curves` only (nothing is computed here, so they show exactly what the tables report)."""
+    from xai_bt.plots import evaluation as eval_plots
+
+    names = list(class_names)
+    labels = _setting_labels(temperature)
+    # titles sized to fit the journal widths: figures are saved at exactly the style's size
+    where = f"{PARTS[part][0].upper()}{PARTS[part][1:]} (n = {numbers['n']})"
+    figs: dict[str, Figure] = {}
+    fig = eval_plots.plot_roc(curves["roc"], auc_ci=numbers["calibrated"]["auc_ci"], bands=curves["roc_bands"])
+    fig.axes[0].set_title(where)
+    figs[f"roc_{part}"] = fig
+    fig = eval_plots.plot_pr(curves["pr"])
+    fig.axes[0].set_title(where)
+    figs[f"pr_{part}"] = fig
+    cm = np.asarray(numbers["calibrated"]["report"]["confusion_matrix"])
+    for kind, normalise in (("counts", False), ("normalised", True)):
+        fig = eval_plots.plot_confusion(cm, names, normalise=normalise)
+        fig.axes[0].set_title(where)
+        figs[f"confusion_{kind}_{part}"] = fig
+    panels = curves["reliability"]
+    fig = eval_plots.plot_reliability_comparison({labels[s]: panels[s][0] for s in SETTINGS}, class_names=names)
+    fig.suptitle(where)
+    figs[f"reliability_{part}"] = fig
+    for s in SETTINGS:
+        fig = eval_plots.plot_reliability_grid(panels[s], names)
+        fig.suptitle(f"{where}; {labels[s]}")
+        figs[f"reliability_classes_{part}_{s}"] = fig
+    return figs
 
 
 def _rel(path: str, root: str) -> str:
@@ -257,7 +309,7 @@ class _Writer:
             self.clipped.append(f"{Path(stem).name}: cut off at the figure edge: {', '.join(cut)}")
 
     def table(self, rows: list[dict[str, Any]], stem: Path, digits: int = 3) -> None:
-        from xai_bt.evaluation.metrics import write_tables
+        from xai_bt.evaluation.tables import write_tables
 
         self.paths += write_tables(rows, stem, digits=digits, overwrite=self.overwrite)
 
@@ -278,41 +330,19 @@ def _history_files(bundle) -> list[tuple[str, Path]]:
 
 def model_outputs(ev: ModelEvaluation, out_dir: str | os.PathLike, formats: Sequence[str] = ("png", "pdf"),
                   overwrite: bool = False, n_boot: int = 1000, n_bins: int = 15) -> dict[str, Any]:
-    """Write one model's figures and tables to ``out_dir``; returns its numbers and the paths written."""
+    """Write one model's figures and tables to ``out_dir``; returns its numbers, curves, the results.json
+    record and the paths written. Each number is computed once, here, and handed to every output."""
     from xai_bt.plots import evaluation as eval_plots
     from xai_bt.plots.style import ONE_COLUMN, TWO_COLUMN
 
     out = Path(out_dir)
     w = _Writer(formats, overwrite)
-    names = ev.class_names
-    t = ev.temperature
-    labels = {"raw": "Raw, T = 1", "calibrated": f"Temperature-scaled, T = {t:.3g}"}
     numbers = {part: part_numbers(ev, part, n_boot, n_bins) for part in ev.masks}
+    curves = {part: part_curves(ev, part, n_boot, n_bins) for part in ev.masks}
 
-    for part, nums in numbers.items():
-        m = ev.masks[part]
-        y, p = ev.y[m], ev.probs["calibrated"][m]
-        # titles sized to fit the journal widths: figures are saved at exactly the style's size
-        where = f"{PARTS[part][0].upper()}{PARTS[part][1:]} (n = {nums['n']})"
-        fig = eval_plots.plot_roc(y, p, names, n_boot=n_boot)
-        fig.axes[0].set_title(where)
-        w.figure(fig, out / f"roc_{part}")
-        fig = eval_plots.plot_pr(y, p, names)
-        fig.axes[0].set_title(where)
-        w.figure(fig, out / f"pr_{part}")
-        cm = np.asarray(nums["calibrated"]["report"]["confusion_matrix"])
-        for kind, normalise in (("counts", False), ("normalised", True)):
-            fig = eval_plots.plot_confusion(cm, names, normalise=normalise)
-            fig.axes[0].set_title(where)
-            w.figure(fig, out / f"confusion_{kind}_{part}")
-        fig = eval_plots.plot_reliability_comparison(
-            y, {labels[s]: ev.probs[s][m] for s in SETTINGS}, n_bins=n_bins, class_names=names)
-        fig.suptitle(where)
-        w.figure(fig, out / f"reliability_{part}")
-        for s in SETTINGS:
-            fig = eval_plots.plot_reliability_grid(y, ev.probs[s][m], names, n_bins=n_bins)
-            fig.suptitle(f"{where}; {labels[s]}")
-            w.figure(fig, out / f"reliability_classes_{part}_{s}")
+    for part in numbers:
+        for stem, fig in part_figures(part, numbers[part], curves[part], ev.class_names, ev.temperature).items():
+            w.figure(fig, out / stem)
 
     for stem, history in _history_files(ev.bundle):
         try:
@@ -328,11 +358,11 @@ def model_outputs(ev: ModelEvaluation, out_dir: str | os.PathLike, formats: Sequ
     record = _results_record(ev, numbers, formats)
     w.text(json.dumps(record, indent=2) + "\n", out / "results.json")
     w.text(_readme(ev, numbers, formats, n_boot, n_bins, [ONE_COLUMN, TWO_COLUMN]), out / "README.md")
-    return {"numbers": numbers, "paths": w.paths, "record": record}
+    return {"numbers": numbers, "curves": curves, "paths": w.paths, "record": record}
 
 
 def _tables(ev: ModelEvaluation, numbers: dict[str, Any], w: _Writer, out: Path) -> None:
-    from xai_bt.evaluation.metrics import to_rows
+    from xai_bt.evaluation.tables import to_rows
 
     summary, auc_rows, cal_rows = [], {}, []
     for part, nums in numbers.items():
@@ -487,10 +517,12 @@ def comparison_row(ev: ModelEvaluation, numbers: dict[str, Any]) -> dict[str, An
 
 def make_figures(models: Sequence[str | os.PathLike], data: str, out: str | os.PathLike,
                  formats: Sequence[str] = ("png", "pdf"), overwrite: bool = False, threshold: float = TWIN_THRESHOLD,
-                 batch_size: int = 64, train_data: str | None = None, n_boot: int = 1000, n_bins: int = 15,
-                 log=print) -> dict[str, Any]:
-    """All figures and tables for ``models`` into ``out``; returns {"models": {name: numbers},
-    "comparison": rows, "paths": [...]}. Refuses to replace anything unless ``overwrite`` (checked first)."""
+                 batch_size: int = 64, train_data: str | None = None, n_boot: int = 1000,
+                 n_bins: int = 15) -> dict[str, Any]:
+    """All figures and tables for ``models`` into ``out``; returns {"models": {name: numbers}, "records":
+    {name: results.json record}, "comparison": rows, "notes": [cross-model notes], "paths": [...]}.
+    Refuses to replace anything unless ``overwrite`` (checked first). Progress is logged (INFO,
+    ``xai_bt.evaluation``); :func:`summary_text` formats the returned numbers."""
     from xai_bt.plots import evaluation as eval_plots
 
     formats = parse_formats(formats)
@@ -499,30 +531,38 @@ def make_figures(models: Sequence[str | os.PathLike], data: str, out: str | os.P
     out = Path(out)
     names = output_names(models)
     check_targets(out, names, formats, overwrite)
-    rows, paths, per_model = [], [], {}
+    rows, paths, per_model, records = [], [], {}, {}
     for model, name in zip(models, names):
         ev = evaluate_model(model, data, name, threshold=threshold, batch_size=batch_size, train_data=train_data)
-        log(f"{name}: evaluated {len(ev.y)} test scans in {ev.seconds:.0f} s (T = {ev.temperature:.4g})")
+        logger.info("%s: evaluated %d test scans in %.0f s (T = %.4g)", name, len(ev.y), ev.seconds, ev.temperature)
         t0 = time.time()
         res = model_outputs(ev, out / name, formats, overwrite, n_boot, n_bins)
-        log(f"{name}: {len(res['paths'])} files in {time.time() - t0:.0f} s -> {out / name}")
-        for part, nums in res["numbers"].items():
-            c, r = nums["calibrated"], nums["raw"]
-            aucs = ", ".join(f"{k} {v['estimate']:.4f} [{v['low']:.4f}, {v['high']:.4f}]"
-                             for k, v in c["auc_ci"]["per_class"].items() if v["estimate"] is not None)
-            log(f"  {PARTS[part]:25s} n={nums['n']:5d} accuracy {c['accuracy_ci']['estimate']:.4f} "
-                f"ECE {r['calibration']['ece']:.4f} -> {c['calibration']['ece']:.4f}  "
-                f"NLL {r['calibration']['nll']:.4f} -> {c['calibration']['nll']:.4f}")
-            log(f"    AUC {aucs}")
-        for note in ev.notes:
-            log(f"  note: {note}")
+        logger.info("%s: %d files in %.0f s -> %s", name, len(res["paths"]), time.time() - t0, out / name)
         rows.append(comparison_row(ev, res["numbers"]))
         paths += res["paths"]
         per_model[name] = res["numbers"]
+        records[name] = res["record"]
     w = _Writer(formats, overwrite)
     w.figure(eval_plots.plot_architecture_comparison(rows), out / "architecture_comparison")
     w.table(rows, out / COMPARISON_TABLE, digits=4)
-    for note in w.clipped:
-        log(f"note: {note}")
     paths += w.paths
-    return {"models": per_model, "comparison": rows, "paths": paths}
+    return {"models": per_model, "records": records, "comparison": rows, "notes": w.clipped, "paths": paths}
+
+
+def summary_text(made: dict[str, Any]) -> str:
+    """What :func:`make_figures` found, in a few lines per model: accuracy, ECE and NLL raw -> scaled and
+    per-class AUC [95% CI] per test part, then the notes (for a terminal; the CLI prints it)."""
+    lines = []
+    for name, record in made["records"].items():
+        lines.append(f"{name} (T = {record['temperature']:.4g}):")
+        for part, nums in record["parts"].items():
+            c, r = nums["calibrated"], nums["raw"]
+            aucs = ", ".join(f"{k} {v['estimate']:.4f} [{v['low']:.4f}, {v['high']:.4f}]"
+                             for k, v in c["auc_ci"]["per_class"].items() if v["estimate"] is not None)
+            lines.append(f"  {PARTS[part]:25s} n={nums['n']:5d} accuracy {c['accuracy_ci']['estimate']:.4f} "
+                         f"ECE {r['calibration']['ece']:.4f} -> {c['calibration']['ece']:.4f}  "
+                         f"NLL {r['calibration']['nll']:.4f} -> {c['calibration']['nll']:.4f}")
+            lines.append(f"    AUC {aucs}")
+        lines += [f"  note: {note}" for note in record["notes"]]
+    lines += [f"note: {note}" for note in made.get("notes", [])]
+    return "\n".join(lines)

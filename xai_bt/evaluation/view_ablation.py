@@ -3,8 +3,8 @@
 The tumor network of a two-stage bundle sees the image and the 128-d `view_features` vector of the view
 network. Replacing that vector (by zeros, by the dataset mean, by the mean vector of one plane, or by
 another image's vector) and predicting again shows whether the plane information is used at all, and for
-which classes and planes. Computing (`view_ablation`) and plotting (`plot_view_ablation`) are separate,
-as in scikit-learn, so notebooks can tabulate the numbers without drawing.
+which classes and planes. This module computes; `xai_bt.plots.view_ablation.plot_view_ablation` draws the
+result (as in scikit-learn), so notebooks can tabulate the numbers without drawing.
 """
 from __future__ import annotations
 
@@ -12,9 +12,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
-
-from xai_bt.plots.style import DIVERGING_CMAP, TWO_COLUMN, style_context
 
 #: Conditions every ablation has; `mean_<plane>` conditions follow for each plane with images.
 BASE_CONDITIONS = ("intact", "zeroed", "dataset_mean")
@@ -120,7 +117,7 @@ def _rows(probs: dict[str, np.ndarray], truth: np.ndarray | None, plane_idx: np.
 
 def summarise(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     """Per group of `key` (and "all") and condition: n, accuracy (if labelled), agreement with the intact
-    prediction, mean confidence, and the change of accuracy and confidence against "intact"."""
+    prediction, mean confidence, and the change of accuracy, agreement and confidence against "intact"."""
     conditions = list(dict.fromkeys(r["condition"] for r in rows))
     groups = ["all"] + sorted({r[key] for r in rows})
     table = []
@@ -132,6 +129,7 @@ def summarise(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
             acc, acc0 = s["accuracy"], stats["intact"]["accuracy"]
             table.append({"group": group, "condition": c, **s,
                           "accuracy_change": None if acc is None else acc - acc0,
+                          "agreement_change": s["agreement"] - stats["intact"]["agreement"],
                           "confidence_change": s["mean_confidence"] - stats["intact"]["mean_confidence"]})
     return table
 
@@ -143,49 +141,3 @@ def _stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "accuracy": float(np.mean(correct)) if correct else None,
             "agreement": float(np.mean([not r["changed"] for r in rows])),
             "mean_confidence": float(np.mean([r["confidence"] for r in rows]))}
-
-
-def plot_view_ablation(result: dict[str, Any]) -> Figure:
-    """Two matrices (conditions x classes, conditions x planes). Each cell: accuracy (agreement with the
-    intact prediction when there are no labels) and, below it, the change of mean confidence; the colour
-    is the change of the first number against "intact"."""
-    metric = "accuracy" if result["class_source"] == "labelled" else "agreement"
-    changes = [r[metric] - _intact(result[key], r["group"])[metric]
-               for key in ("by_class", "by_plane") for r in result[key]]
-    limit = max(0.1, float(np.max(np.abs(changes))))
-    with style_context():
-        fig = Figure(figsize=(TWO_COLUMN[0], 0.4 * len(result["conditions"]) + 1.4), layout="constrained")
-        axes = fig.subplots(1, 2)
-        for ax, key, label in ((axes[0], "by_class", f"class ({result['class_source']})"),
-                               (axes[1], "by_plane", f"plane ({result['plane_source']})")):
-            image = _draw_matrix(ax, result[key], result["conditions"], metric, limit)
-            ax.set_xlabel(label)
-        bar = fig.colorbar(image, ax=axes, shrink=0.9, aspect=25)
-        bar.set_label(f"change in {metric} vs intact")
-        fig.suptitle(f"View-vector ablation of the tumor classifier: {metric} "
-                     "(below: change in mean confidence vs intact)")
-    return fig
-
-
-def _intact(table: list[dict[str, Any]], group: str) -> dict[str, Any]:
-    """The "intact" row of a group."""
-    return next(r for r in table if r["group"] == group and r["condition"] == "intact")
-
-
-def _draw_matrix(ax, table: list[dict[str, Any]], conditions: list[str], metric: str, limit: float):
-    """Annotated condition x group matrix of `metric`, coloured by its change against "intact"."""
-    groups = list(dict.fromkeys(r["group"] for r in table))
-    row = {(r["condition"], r["group"]): r for r in table}
-    values = np.array([[row[c, g][metric] for g in groups] for c in conditions], dtype=float)
-    change = values - values[conditions.index("intact")]
-    image = ax.imshow(change, cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit, aspect="auto")
-    for (i, j), v in np.ndenumerate(values):
-        dc = row[conditions[i], groups[j]]["confidence_change"]
-        ax.text(j, i, f"{v:.2f}\n({dc:+.2f})", ha="center", va="center", fontsize=6.5, linespacing=1.1,
-                color="white" if abs(change[i, j]) > 0.6 * limit else "black")
-    ax.set_xticks(range(len(groups)), [g.replace("_", " ") for g in groups], rotation=30, ha="right")
-    ax.set_yticks(range(len(conditions)), [c.replace("_", " ") for c in conditions])
-    ax.tick_params(length=0)
-    for side in ("left", "bottom"):
-        ax.spines[side].set_visible(False)
-    return image

@@ -1,5 +1,18 @@
-"""Evaluation figures. Plotting only: every number comes from :mod:`xai_bt.evaluation.metrics` or
-:mod:`xai_bt.evaluation.calibration` (as scikit-learn separates ``roc_curve`` from ``RocCurveDisplay``).
+"""Evaluation figures. Drawing only: numbers in, Figure out. Every number comes already computed from
+:mod:`xai_bt.evaluation.metrics` or :mod:`xai_bt.evaluation.calibration` (as scikit-learn's
+``RocCurveDisplay(fpr=..., tpr=...)`` takes what ``roc_curve`` computed), so one computation can feed a
+figure, a table and a results file. With only labels and probabilities, compute then draw:
+
+=======================================================  =============================================
+numbers (``xai_bt.evaluation``)                           figure (this module)
+=======================================================  =============================================
+``metrics.roc_plot_data(y, p, names)``                    ``plot_roc(**data)``
+``metrics.pr_curves(y, p, names)``                        ``plot_pr(curves)``
+``metrics.classification_report_dict(y, p, names)``       ``plot_confusion(report["confusion_matrix"], names)``
+``calibration.reliability_bins(y, p, n_bins, c)``         ``plot_reliability(bins, names)``
+``metrics.reliability_panels(y, p, n_bins)``              ``plot_reliability_grid(panels, names)``
+``{label: calibration.reliability_bins(y, p_i)}``         ``plot_reliability_comparison(bins_by_label, names)``
+=======================================================  =============================================
 
 Every function draws in the project style, onto ``ax`` if given or a new one-column figure, and returns
 the Figure; save it with :func:`xai_bt.plots.style.save_figure`. No pyplot: figures are plain ``Figure``
@@ -8,18 +21,15 @@ objects, safe headless and in loops (Jupyter still displays a returned Figure).
 from __future__ import annotations
 
 import csv
-import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from xai_bt.evaluation.calibration import reliability_bins
-from xai_bt.evaluation.metrics import auc_with_ci, pr_curves, roc_bands, roc_curves
 from xai_bt.plots.style import (
     MATRIX_CMAP,
     OKABE_ITO,
@@ -27,20 +37,10 @@ from xai_bt.plots.style import (
     PALETTE,
     TWO_COLUMN,
     class_color,
-    style_context,
+    styled,
 )
 
-F = TypeVar("F", bound=Callable[..., Figure])
 _LR_KEYS = ("lr", "learning_rate")
-
-
-def _styled(fn: F) -> F:
-    """Run a plotting function inside the project style, so text sizes and colours are consistent."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Figure:
-        with style_context():
-            return fn(*args, **kwargs)
-    return wrapper  # type: ignore[return-value]
 
 
 def _figure_axes(ax: Axes | None, figsize: tuple[float, float] = ONE_COLUMN) -> tuple[Figure, Axes]:
@@ -72,45 +72,38 @@ def _ci_text(ci: Mapping[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------------------------- ROC / PR
-@_styled
+@styled
 def plot_roc(
-    y_true: Any,
-    y_prob: Any,
-    class_names: Sequence[str] | None = None,
-    ci: bool = True,
+    curves: Mapping[str, Any],
+    auc_ci: Mapping[str, Any] | None = None,
+    bands: Mapping[str, Any] | None = None,
     ax: Axes | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
-    band: bool | None = None,
     zoom: float | None | str = "auto",
 ) -> Figure:
-    """One-vs-rest ROC curve per class plus the macro average; the legend gives each AUC,
-    with its 95% stratified bootstrap CI when ``ci``. ``band`` (default: as ``ci``) shades each class's
-    pointwise 95% bootstrap band of the true positive rate (:func:`xai_bt.evaluation.metrics.roc_bands`).
-    ``zoom`` adds an inset of the top-left corner, FPR in [0, zoom] and TPR in [1 - zoom, 1]; "auto"
-    does so when every class's AUC is above 0.9 (the curves then hug the corner), None never."""
+    """One-vs-rest ROC curve per class plus the macro average (``curves`` from
+    :func:`xai_bt.evaluation.metrics.roc_curves`); the legend gives each AUC, with its 95% CI where
+    ``auc_ci`` (:func:`~xai_bt.evaluation.metrics.auc_with_ci`) is given. ``bands``
+    (:func:`~xai_bt.evaluation.metrics.roc_bands`) shades each class's pointwise 95% band of the true
+    positive rate. ``zoom`` adds an inset of the top-left corner, FPR in [0, zoom] and TPR in
+    [1 - zoom, 1]; "auto" does so when every class's AUC is above 0.9 (the curves then hug the corner),
+    None never. From predictions: ``plot_roc(**roc_plot_data(y, p, names))``."""
     fig, ax = _figure_axes(ax)
-    curves = roc_curves(y_true, y_prob, class_names)
-    cis = auc_with_ci(y_true, y_prob, class_names, n_boot=n_boot, seed=seed) if ci else None
-    bands = roc_bands(y_true, y_prob, class_names, n_boot=n_boot, seed=seed) if (ci if band is None else band) \
-        else None
     for i, (name, curve) in enumerate(curves["per_class"].items()):
         color = class_color(name, i)
-        value = _ci_text(cis["per_class"][name]) if cis else _num(curve['auc'])
+        value = _ci_text(auc_ci["per_class"][name]) if auc_ci else _num(curve["auc"])
         if bands is not None and name in bands["per_class"]:
             b = bands["per_class"][name]
             ax.fill_between(bands["fpr"], _as_float_array(b["low"]), _as_float_array(b["high"]), step="post",
                             color=color, alpha=0.18, lw=0)
         ax.plot(curve["fpr"], curve["tpr"], color=color, label=f"{name}  {value}")
-    macro_auc = np.mean([c["auc"] for c in curves["per_class"].values()])
-    value = _ci_text(cis["macro"]) if cis else _num(macro_auc)
+    aucs = [c["auc"] for c in curves["per_class"].values()]
+    value = _ci_text(auc_ci["macro"]) if auc_ci else _num(np.mean(aucs))
     ax.plot(curves["macro"]["fpr"], curves["macro"]["tpr"], color=OKABE_ITO["black"], ls="--",
             label=f"macro  {value}")
     ax.plot([0, 1], [0, 1], ls=":", lw=0.8, color="0.6")
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="False positive rate (1 − specificity)",
            ylabel="True positive rate (sensitivity)", title="ROC, one-vs-rest")
-    ax.legend(loc="lower right", title="AUC [95% CI]" if ci else "AUC", title_fontsize=7)
-    aucs = [c["auc"] for c in curves["per_class"].values()]
+    ax.legend(loc="lower right", title="AUC [95% CI]" if auc_ci else "AUC", title_fontsize=7)
     if zoom == "auto":
         worst = min(aucs) if aucs and None not in aucs else 0.0
         zoom = None if worst < 0.9 else (0.1 if worst > 0.98 else 0.25)
@@ -137,13 +130,11 @@ def _roc_inset(ax: Axes, curves: Mapping[str, Any], bands: Mapping[str, Any] | N
     ax.indicate_inset_zoom(inset, edgecolor="0.5", lw=0.6)
 
 
-@_styled
-def plot_pr(
-    y_true: Any, y_prob: Any, class_names: Sequence[str] | None = None, ax: Axes | None = None
-) -> Figure:
-    """One-vs-rest precision-recall curve per class plus the micro average, with average precision."""
+@styled
+def plot_pr(curves: Mapping[str, Any], ax: Axes | None = None) -> Figure:
+    """One-vs-rest precision-recall curve per class plus the micro average, with average precision
+    (``curves`` from :func:`xai_bt.evaluation.metrics.pr_curves`)."""
     fig, ax = _figure_axes(ax)
-    curves = pr_curves(y_true, y_prob, class_names)
     for i, (name, curve) in enumerate(curves["per_class"].items()):
         ax.plot(curve["recall"], curve["precision"], drawstyle="steps-post", color=class_color(name, i),
                 label=f"{name}  {_num(curve['average_precision'])}")
@@ -157,7 +148,7 @@ def plot_pr(
 
 
 # --------------------------------------------------------------------------------------------- confusion
-@_styled
+@styled
 def plot_confusion(
     cm: Any,
     class_names: Sequence[str],
@@ -165,8 +156,9 @@ def plot_confusion(
     ax: Axes | None = None,
     cmap: str = MATRIX_CMAP,
 ) -> Figure:
-    """Confusion matrix (rows true, columns predicted). ``normalise`` colours by row share (recall on
-    the diagonal) and prints share and count; otherwise colours and prints counts."""
+    """Confusion matrix ``cm`` of counts (rows true, columns predicted), e.g. a
+    :func:`~xai_bt.evaluation.metrics.classification_report_dict`'s ``confusion_matrix``. ``normalise``
+    colours by row share (recall on the diagonal) and prints share and count; otherwise counts."""
     fig, ax = _figure_axes(ax)
     counts = np.asarray(cm)
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
@@ -221,55 +213,49 @@ def _reliability_labels(class_index: int | None, class_names: Sequence[str] | No
     return name, f"Predicted P({name})", f"Observed share of {name}"
 
 
-@_styled
+@styled
 def plot_reliability(
-    y_true: Any,
-    y_prob: Any,
-    n_bins: int = 15,
-    class_index: int | None = None,
-    ax: Axes | None = None,
-    class_names: Sequence[str] | None = None,
+    bins: Mapping[str, Any], class_names: Sequence[str] | None = None, ax: Axes | None = None
 ) -> Figure:
-    """Reliability diagram, overall (``class_index=None``) or one-vs-rest for one class; the number
-    above each bar is how many samples fall in that bin, the title gives the ECE."""
+    """Reliability diagram of ``bins`` (:func:`xai_bt.evaluation.calibration.reliability_bins`), overall
+    or one-vs-rest for the class of ``bins["class_index"]``; the number above each bar is how many
+    samples fall in that bin, the title gives the ECE."""
     fig, ax = _figure_axes(ax)
-    bins = reliability_bins(y_true, y_prob, n_bins=n_bins, class_index=class_index)
-    _draw_reliability(ax, bins, *_reliability_labels(class_index, class_names), legend=True)
+    _draw_reliability(ax, bins, *_reliability_labels(bins.get("class_index"), class_names), legend=True)
     return fig
 
 
-@_styled
-def plot_reliability_grid(
-    y_true: Any, y_prob: Any, class_names: Sequence[str] | None = None, n_bins: int = 15
-) -> Figure:
-    """Overall reliability diagram followed by each class's one-vs-rest diagram (two-column width)."""
-    k = np.asarray(y_prob).shape[1]
-    ncols = min(3, k + 1)
-    nrows = math.ceil((k + 1) / ncols)
+@styled
+def plot_reliability_grid(panels: Sequence[Mapping[str, Any]], class_names: Sequence[str] | None = None) -> Figure:
+    """One reliability diagram per entry of ``panels``, e.g. overall followed by each class's one-vs-rest
+    diagram (:func:`xai_bt.evaluation.metrics.reliability_panels`); two-column width, three per row."""
+    if not panels:
+        raise ValueError("no reliability bins to draw")
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
     fig = Figure(figsize=(TWO_COLUMN[0], 2.5 * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for panel, class_index in enumerate([None, *range(k)]):
-        bins = reliability_bins(y_true, y_prob, n_bins=n_bins, class_index=class_index)
-        _draw_reliability(axes[panel], bins, *_reliability_labels(class_index, class_names), legend=panel == 0)
-    for ax in axes[k + 1:]:
+    for panel, bins in enumerate(panels):
+        _draw_reliability(axes[panel], bins, *_reliability_labels(bins.get("class_index"), class_names),
+                          legend=panel == 0)
+    for ax in axes[len(panels):]:
         ax.remove()
     return fig
 
 
-@_styled
+@styled
 def plot_reliability_comparison(
-    y_true: Any, probs: Mapping[str, Any], n_bins: int = 15, class_index: int | None = None,
-    class_names: Sequence[str] | None = None,
+    bins_by_label: Mapping[str, Mapping[str, Any]], class_names: Sequence[str] | None = None
 ) -> Figure:
     """Reliability diagrams of the same samples under several probability sets side by side, e.g.
-    ``{"Raw (T = 1)": p_raw, "Temperature-scaled (T = 1.8)": p_cal}`` (two-column width, shared y)."""
-    if not probs:
+    ``{"Raw (T = 1)": bins_raw, "Temperature-scaled (T = 1.8)": bins_cal}``, each from
+    :func:`xai_bt.evaluation.calibration.reliability_bins` (two-column width, shared y)."""
+    if not bins_by_label:
         raise ValueError("no probability sets to compare")
     fig = Figure(figsize=(TWO_COLUMN[0], TWO_COLUMN[1] * 0.95))
-    axes = fig.subplots(1, len(probs), squeeze=False, sharey=True).ravel()
-    for panel, (label, p) in enumerate(probs.items()):
-        bins = reliability_bins(y_true, p, n_bins=n_bins, class_index=class_index)
-        _, xlabel, ylabel = _reliability_labels(class_index, class_names)
+    axes = fig.subplots(1, len(bins_by_label), squeeze=False, sharey=True).ravel()
+    for panel, (label, bins) in enumerate(bins_by_label.items()):
+        _, xlabel, ylabel = _reliability_labels(bins.get("class_index"), class_names)
         _draw_reliability(axes[panel], bins, label, xlabel, ylabel if panel == 0 else "", legend=panel == 0)
     return fig
 
@@ -311,7 +297,7 @@ def _pretty(key: str) -> str:
     return key.replace("_", " ").capitalize()
 
 
-@_styled
+@styled
 def plot_training_curves(history: Mapping[str, Sequence[float]] | str | Path) -> Figure:
     """One panel per metric (training and validation; the best validation epoch is marked), plus the
     learning rate on a log axis if recorded. Accepts ``History.history`` or a CSVLogger file; where a
@@ -363,7 +349,7 @@ def _errors(rows: Sequence[Mapping[str, Any]], value: str, low: str, high: str) 
     return x, np.vstack([np.nan_to_num(x - lo), np.nan_to_num(hi - x)])
 
 
-@_styled
+@styled
 def plot_architecture_comparison(rows: Sequence[Mapping[str, Any]], ax: Axes | None = None) -> Figure:
     """Forest plot of accuracy with CI per model, on the official test split and, where given, on the
     leakage-free subset (keys: name, accuracy, ci_low, ci_high, leakage_free_accuracy,
@@ -389,7 +375,7 @@ def plot_architecture_comparison(rows: Sequence[Mapping[str, Any]], ax: Axes | N
     return fig
 
 
-@_styled
+@styled
 def plot_twin_histogram(hist: Mapping[str, Any], threshold: float | None = None, ax: Axes | None = None,
                         title: str | None = None, log: bool = True) -> Figure:
     """Nearest-neighbour r of each test scan against the reference scans, compared as it is and mirrored

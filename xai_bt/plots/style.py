@@ -1,14 +1,16 @@
 """The project's one figure style: sizes for journal columns, colour-blind-safe colours, embedded fonts.
 
-Use :func:`use_style` once (scripts, notebooks) or :func:`style_context` around one figure, and save with
-:func:`save_figure`, which embeds TrueType fonts (editable text in PDF/SVG) and never silently replaces
-an existing result.
+Use :func:`use_style` once (scripts, notebooks), :func:`style_context` around one figure or :func:`styled`
+on a plotting function, and save with :func:`save_figure`, which embeds TrueType fonts (editable text in
+PDF/SVG) and never silently replaces an existing result.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 import matplotlib as mpl
 from cycler import cycler
@@ -80,6 +82,19 @@ def style_context() -> Iterator[None]:
     """Apply the project style inside a ``with`` block only."""
     with mpl.rc_context(RC):
         yield
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def styled(fn: F) -> F:
+    """Decorator: run a plotting function inside :func:`style_context`, so every figure it returns has the
+    project's text sizes, colours and layout whoever calls it."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with style_context():
+            return fn(*args, **kwargs)
+    return wrapper  # type: ignore[return-value]
 
 
 def class_color(name: str, index: int = 0) -> str:
