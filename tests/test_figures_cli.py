@@ -55,7 +55,7 @@ def setup(tmp_path_factory):
 def test_calibrate_then_figures(setup, tmp_path, capsys):
     from xai_bt.model.bundle import load_model
     from xai_bt.evaluation.calibration import nll
-    from xai_bt.model.calibrate import probabilities_at, raw_logits, validation_samples
+    from xai_bt.evaluation.temperature import probabilities_at, raw_logits, validation_samples
 
     path, root = setup
     t0 = time.time()
@@ -192,7 +192,7 @@ def test_cascade_shares_one_temperature():
     from types import SimpleNamespace
 
     from xai_bt.evaluation.calibration import nll
-    from xai_bt.model.calibrate import fit_bundle_temperature, probabilities_at
+    from xai_bt.evaluation.temperature import fit_bundle_temperature, probabilities_at
 
     rng = np.random.default_rng(0)
     n = 400

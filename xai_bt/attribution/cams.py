@@ -13,26 +13,12 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 from scipy.special import softmax
 
+from xai_bt.model.provenance import spatial_layers
 from xai_bt.attribution.gradients import (Attribution, batch_pairs, cached, call, input_signature, score_output,
                                           scores, unit_max)
 
 if TYPE_CHECKING:
     from xai_bt.attribution.registry import MethodSpec
-
-
-def spatial_layers(model) -> list[str]:
-    """Names of the layers with a (N, H, W, C) output, input side first: the candidates for `layer`."""
-    names = {inp.name for inp in model.inputs}
-    return [layer.name for layer in model.layers
-            if layer.name not in names and len(getattr(layer.output, "shape", ())) == 4]
-
-
-def default_layer(model) -> str:
-    """The last spatial layer: the CAM layer when none is named."""
-    spatial = spatial_layers(model)
-    if not spatial:
-        raise ValueError(f"model {model.name!r} has no spatial (N, H, W, C) layer for CAM methods")
-    return spatial[-1]
 
 
 def cam_pass(model, layer: str, every_class: bool = False) -> Callable[..., tuple[np.ndarray, ...]]:

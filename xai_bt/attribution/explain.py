@@ -58,7 +58,7 @@ def attribute(keras_model, x: np.ndarray, targets: int | Sequence[int] | np.ndar
     family = [s for s in specs if s.is_cam]
     out: dict[str, Attribution] = {}
     if family:
-        layer = layer or cams.default_layer(keras_model)
+        layer = layer or provenance.default_layer(keras_model)
         cam_options = {k: v for k, v in options.items() if any(k in s.options for s in family)}
         out.update(cams.cam_family(keras_model, inputs, t, family, layer, batch_size=batch_size,
                                    passes=cam_passes, **cam_options))

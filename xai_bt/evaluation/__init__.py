@@ -1,1 +1,1 @@
-"""Honest numbers: metrics, calibration metrics, evaluating a bundle, view ablation, paper tables and figures."""
+"""Honest numbers: metrics, calibration metrics, a bundle's temperature, evaluating a bundle, view ablation, tables, paper run."""

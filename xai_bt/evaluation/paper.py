@@ -146,7 +146,7 @@ def evaluate_model(model, data: str, name: str | None = None, threshold: float =
     probabilities from the same forward pass."""
     from xai_bt.evaluation.evaluate import evaluate_bundle
     from xai_bt.model.bundle import Bundle, load_model
-    from xai_bt.model.calibrate import probabilities_at, raw_logits
+    from xai_bt.evaluation.temperature import probabilities_at, raw_logits
 
     t0 = time.time()
     bundle = model if isinstance(model, Bundle) else load_model(model)

@@ -1,1 +1,1 @@
-"""The model bundle: preprocessing, architectures, training, calibrating a bundle, its model card."""
+"""The model bundle: preprocessing, architectures, training, provenance, its model card."""

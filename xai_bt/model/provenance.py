@@ -11,7 +11,7 @@ from typing import Any
 from xai_bt.data.sample import Sample
 
 __all__ = ["split_table", "recorded_root", "training_root", "rows_of", "relative_path", "decision_network",
-           "network_classes", "cam_layer"]
+           "network_classes", "cam_layer", "spatial_layers", "default_layer"]
 
 
 def split_table(bundle) -> dict[str, str]:
@@ -69,11 +69,24 @@ def network_classes(bundle, name: str) -> tuple[str, ...]:
 def cam_layer(bundle, net: Any, layer: str | None = None) -> str:
     """The CAM layer of `net`: `layer` (checked), else the bundle's last conv layer when `net` has it, else
     the network's last spatial layer."""
-    from xai_bt.attribution.cams import default_layer, spatial_layers
-
     spatial = spatial_layers(net)
     if layer is not None:
         if layer not in spatial:
             raise ValueError(f"{layer!r} is not a spatial layer of the model; e.g. {', '.join(spatial[-5:])}")
         return layer
     return bundle.last_conv_layer if bundle.last_conv_layer in spatial else default_layer(net)
+
+
+def spatial_layers(model) -> list[str]:
+    """Names of the layers with a (N, H, W, C) output, input side first: the candidates for `layer`."""
+    names = {inp.name for inp in model.inputs}
+    return [layer.name for layer in model.layers
+            if layer.name not in names and len(getattr(layer.output, "shape", ())) == 4]
+
+
+def default_layer(model) -> str:
+    """The last spatial layer: the CAM layer when none is named."""
+    spatial = spatial_layers(model)
+    if not spatial:
+        raise ValueError(f"model {model.name!r} has no spatial (N, H, W, C) layer for CAM methods")
+    return spatial[-1]

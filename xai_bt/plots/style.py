@@ -7,6 +7,7 @@ PDF/SVG) and never silently replaces an existing result.
 from __future__ import annotations
 
 import functools
+import io
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -151,3 +152,14 @@ def clipped_texts(fig: Figure, tolerance: float = 1.0) -> list[str]:
         if artist is not None and artist.get_visible() and outside(artist.get_window_extent(renderer)):
             out.append(f"{type(artist).__name__} {getattr(artist, 'get_text', lambda: '')()}".strip())
     return out
+
+
+def figure_png(fig, dpi: int = 120, close: bool = False) -> bytes:
+    """A matplotlib figure as PNG bytes (fonts as in the project style); `close` frees it afterwards."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    if close:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return buf.getvalue()

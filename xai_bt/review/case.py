@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from xai_bt.attribution.registry import REVIEW_DEFAULT
+from xai_bt.plots.style import figure_png
 from xai_bt.data.sample import ImageError
 
 #: Methods used when the caller names none: fast, and the two CAMs the focus audit compares.
@@ -74,7 +75,7 @@ def review_scan(bundle, source: str | os.PathLike | bytes, name: str | None = No
         "view": summary["view"], "view_probabilities": summary["view_probabilities"], "view_source": view_source,
         "methods": list(expl.maps), "maps": summary["methods"], "layer": expl.layer, "top_k": top_k,
         "original_shape": list(gray.shape), "input_size": int(x.shape[1]),
-        "scan_png": scan_png(gray), "figure_png": figure_png(plot_explanation(expl, top_k)),
+        "scan_png": scan_png(gray), "figure_png": figure_png(plot_explanation(expl, top_k), FIGURE_DPI),
         "notes": case_notes(summary, bundle),
     }
 
@@ -143,17 +144,6 @@ def scan_png(gray: np.ndarray, side: int = SCAN_SIDE) -> bytes:
     img.thumbnail((side, side))
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
-
-
-def figure_png(fig, dpi: int = FIGURE_DPI, close: bool = False) -> bytes:
-    """A matplotlib figure as PNG bytes (fonts as in the project style); `close` frees it afterwards."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    if close:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
     return buf.getvalue()
 
 
