@@ -452,3 +452,16 @@ def test_reliability_panels_are_the_bins_overall_then_per_class():
     fig = eval_plots.plot_reliability_grid(panels, NAMES)
     assert len(fig.axes) == 5 and fig.axes[0].get_title() == f"Overall (ECE {panels[0]['ece']:.4f})"
     assert [a.get_title().split(" (")[0] for a in fig.axes[1:]] == NAMES
+
+
+def test_bootstrap_mean_ci_is_the_percentile_bootstrap_of_the_mean_on_the_callers_generator():
+    """The audit's summaries continue one generator over groups and scores; the helper must draw exactly
+    what the explicit percentile bootstrap draws, so committed audit CIs stay reproducible."""
+    values = np.array([0.1, np.nan, 0.4, 0.9, 0.3, 0.7])
+    v = values[np.isfinite(values)]
+    rng = np.random.default_rng(5)
+    boots = v[rng.integers(0, len(v), size=(200, len(v)))].mean(axis=1)
+    low, high = np.percentile(boots, [2.5, 97.5])
+    got = metrics.bootstrap_mean_ci(values, 200, 0.05, np.random.default_rng(5))
+    assert got == {"mean": float(v.mean()), "low": float(low), "high": float(high), "n": 6, "n_valid": 5}
+    assert metrics.bootstrap_mean_ci([np.nan], 10)["mean"] is None

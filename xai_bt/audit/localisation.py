@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from xai_bt.evaluation.metrics import bootstrap_mean_ci
+
 #: Names of the scores returned by :func:`localisation_scores`, in report order.
 LOCALISATION_SCORES = ("pointing_game", "energy_pointing_game", "relevance_rank_accuracy", "topk_iou")
 
@@ -165,22 +167,6 @@ def localisation_scores(heatmaps: Any, masks: Any, tolerance_px: float = 0, k: f
 
 
 # ------------------------------------------------------------------------------------------- summaries
-def _mean_ci(values: np.ndarray, n_boot: int, alpha: float, rng: np.random.Generator) -> dict[str, Any]:
-    """Mean with a percentile-bootstrap CI over the valid (non-NaN) values, drawn from the caller's generator.
-
-    The audit's one bootstrap. `xai_bt.evaluation.metrics.bootstrap_ci` reseeds per call (and takes labels and
-    class probabilities), so it cannot continue one generator over every group and score as summaries here
-    do: using it would change every committed CI (audits/*/summary.json)."""
-    v = values[np.isfinite(values)]
-    out: dict[str, Any] = {"mean": None, "low": None, "high": None, "n": int(len(values)), "n_valid": int(len(v))}
-    if len(v) == 0:
-        return out
-    boots = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
-    low, high = np.percentile(boots, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    out.update(mean=float(v.mean()), low=float(low), high=float(high))
-    return out
-
-
 def summarise(scores: Mapping[str, Any], groups: Sequence[Any] | None = None, n_boot: int = 1000,
               alpha: float = 0.05, seed: int = 0) -> dict[str, dict[str, dict[str, Any]]]:
     """Mean of every per-image score with a percentile-bootstrap (1 - alpha) CI, overall and per group.
@@ -203,5 +189,5 @@ def summarise(scores: Mapping[str, Any], groups: Sequence[Any] | None = None, n_
         if len(labels) != n:
             raise ValueError(f"{len(labels)} group labels for {n} scores")
         selections.update({str(g): labels == g for g in dict.fromkeys(labels)})
-    return {g: {name: _mean_ci(v[sel], n_boot, alpha, rng) for name, v in arrays.items()}
+    return {g: {name: bootstrap_mean_ci(v[sel], n_boot, alpha, rng) for name, v in arrays.items()}
             for g, sel in selections.items()}

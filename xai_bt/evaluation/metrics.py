@@ -243,11 +243,37 @@ def _bootstrap_indices(y: np.ndarray, n_boot: int, seed: int, stratified: bool) 
     return idx
 
 
+def percentile_interval(boots: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
+    """The (alpha/2, 1 - alpha/2) percentile interval of bootstrap replicates: every CI of the project
+    (metrics here, the audit's localisation scores) ends in this one step. NaN replicates are dropped."""
+    valid = np.asarray(boots, dtype=np.float64)
+    valid = valid[np.isfinite(valid)]
+    if not len(valid):
+        return np.nan, np.nan
+    low, high = np.percentile(valid, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(low), float(high)
+
+
+def bootstrap_mean_ci(values: Any, n_boot: int = 1000, alpha: float = 0.05,
+                      rng: np.random.Generator | None = None) -> dict[str, Any]:
+    """Mean of the finite values with a percentile-bootstrap CI: {"mean", "low", "high", "n", "n_valid"}.
+    `rng` continues the caller's generator, so a summary of many groups and scores draws from one stream
+    (the focus audit's summaries); by default a generator seeded 0."""
+    values = np.asarray(values, dtype=np.float64)
+    v = values[np.isfinite(values)]
+    out: dict[str, Any] = {"mean": None, "low": None, "high": None, "n": int(len(values)), "n_valid": int(len(v))}
+    if len(v) == 0:
+        return out
+    rng = np.random.default_rng(0) if rng is None else rng
+    low, high = percentile_interval(v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1), alpha)
+    out.update(mean=float(v.mean()), low=low, high=high)
+    return out
+
+
 def _percentile_ci(estimate: float | None, boots: np.ndarray, alpha: float, stratified: bool) -> dict[str, Any]:
     """Percentile interval of bootstrap replicates (undefined replicates, NaN, are dropped and counted)."""
     valid = boots[np.isfinite(boots)]
-    low, high = (np.percentile(valid, [100 * alpha / 2, 100 * (1 - alpha / 2)]) if len(valid)
-                 else (np.nan, np.nan))
+    low, high = percentile_interval(boots, alpha)
     return {"estimate": estimate, "low": _float(low), "high": _float(high), "alpha": alpha,
             "n_boot": int(len(boots)), "n_valid": int(len(valid)),
             "method": "stratified percentile bootstrap" if stratified else "percentile bootstrap"}
