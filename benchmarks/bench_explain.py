@@ -32,8 +32,8 @@ COSTLY = {"scorecam": 2, "smoothgrad": 8, "integrated_gradients": 8, "occlusion"
 def load(model_path: Path):
     """(keras network, prepared scans (32, S, S, 1), CAM layer, description) from the bundle, or a random-init
     EfficientNet-Lite0 at 160 px fed the sample scans."""
-    from xai_bt.model.bundle import load_model
     from xai_bt.data.decode import read_image
+    from xai_bt.model.bundle import load_model
     from xai_bt.model.preprocessing import Preprocessing
 
     files = sorted(SAMPLES.glob("*.jpg"))

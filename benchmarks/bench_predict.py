@@ -19,8 +19,8 @@ DATA = ROOT.parent / "shared" / "data" / "brain-tumor-mri"
 
 
 def main() -> None:
-    from xai_bt.model.bundle import load_model
     from xai_bt.data.datasets import load_dataset
+    from xai_bt.model.bundle import load_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(ROOT / "models" / "default"))

@@ -26,8 +26,8 @@ TRAIN_SCANS = 4851  # training part of the default model's split
 def main() -> None:
     import keras
 
-    from xai_bt.model import architectures
     from xai_bt.data.datasets import load_dataset, sample_image
+    from xai_bt.model import architectures
     from xai_bt.model.preprocessing import Preprocessing
     from xai_bt.model.training import training_model
 

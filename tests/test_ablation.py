@@ -1,12 +1,11 @@
 """View-vector ablation on a tiny two-stage bundle whose tumor head is wired to depend on the view vector."""
 import numpy as np
 import pytest
-
-from xai_bt.evaluation.view_ablation import derangement, replacement_vectors, summarise, view_ablation
-from xai_bt.data.sample import CLASS_NAMES, PLANES
-from xai_bt.plots.view_ablation import plot_view_ablation
-
 from conftest import SAMPLES
+
+from xai_bt.data.sample import CLASS_NAMES, PLANES
+from xai_bt.evaluation.view_ablation import derangement, replacement_vectors, summarise, view_ablation
+from xai_bt.plots.view_ablation import plot_view_ablation
 
 SIZE = 64
 

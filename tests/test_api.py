@@ -4,10 +4,9 @@ import pkgutil
 import types
 
 import numpy as np
+from conftest import SAMPLES
 
 import xai_bt
-
-from conftest import SAMPLES
 
 
 def test_flat_api_names_resolve():

@@ -3,8 +3,8 @@ import keras
 import numpy as np
 import pytest
 
-from xai_bt.model import architectures
 from xai_bt.data.datasets import load_dataset, sample_image
+from xai_bt.model import architectures
 from xai_bt.model.preprocessing import Preprocessing
 
 SIZE = {"baseline_cnn": 48, "xai_cnn": 48, "plane_cnn": 64, "vgg16": 32, "resnet50": 32, "mobilenetv2": 32,

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BENCHMARK, FOLDERS
 
 from xai_bt.io import atomic, shards
 from xai_bt.io.index import IndexFile
 from xai_bt.io.stream import stream
-
-from conftest import BENCHMARK, FOLDERS
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = ("path", "status", "prediction")

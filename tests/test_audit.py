@@ -6,13 +6,12 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import DATA
 
 from xai_bt import cli
 from xai_bt.audit.measure import MAP_SCORES, cascade_layers, score_maps
 from xai_bt.audit.summary import read_columns, summarise_scores
 from xai_bt.data.sample import CLASS_NAMES
-
-from conftest import DATA
 
 pytest.importorskip("tensorflow")
 BRISC = DATA / "brisc2025"

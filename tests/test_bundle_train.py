@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BENCHMARK, SAMPLES
 
 from xai_bt import cli
 from xai_bt.model.bundle import BundleError, combine_cascade, load_model
 from xai_bt.model.training import TrainConfig, train
-
-from conftest import BENCHMARK, SAMPLES
 
 
 def _cfg(data, out, **kw):
@@ -84,8 +83,8 @@ def test_evaluate_leakage_free_part_excludes_exactly_the_twins(single, tiny_benc
         Image.fromarray(np.ascontiguousarray(f(np.asarray(Image.open(src).convert("L"))))).save(
             data / "Testing" / "glioma" / f"{name}.png")
     unseen = []                                  # real test scans; kept only if no twin of any kind in Training
-    from xai_bt.data.twins import TWIN_THRESHOLD, best_matches, thumbnails
     from xai_bt.data.sample import Sample
+    from xai_bt.data.twins import TWIN_THRESHOLD, best_matches, thumbnails
     candidates = sorted((BENCHMARK / "Testing" / "pituitary").glob("*.jpg"))[:40]
     ref = thumbnails([Sample(path=str(p)) for p in sorted((data / "Training").rglob("*.jpg"))])
     r = best_matches(thumbnails([Sample(path=str(p)) for p in candidates]), ref)[0]
@@ -126,8 +125,8 @@ def test_cascade_and_two_stage(tiny_benchmark, tmp_path, single):
     view = train(_cfg(view_data, tmp_path / "view", task="view", arch="plane_cnn"))
     parts = {line.rsplit(",", 1)[1] for line in (view / "split.csv").read_text().splitlines()[1:]}
     assert parts == {"train", "val", "test"}  # BRISC's train-only copy still gets a held-out test split
-    from xai_bt.model.training import init_from_bundle
     from xai_bt.model import architectures
+    from xai_bt.model.training import init_from_bundle
     fresh = architectures.build("xai_cnn", 48, 4, extra_input=True).model
     assert init_from_bundle(fresh, str(single)) >= 10  # every backbone layer, not the new head
     stem = load_model(single).model.get_layer("stem_conv").get_weights()[0]

@@ -10,9 +10,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xai_bt.data.datasets import (FIGSHARE_LABELS, detect_layout, load_benchmark, load_brisc, load_class_folders,
-                             load_dataset, load_figshare, sample_image, sample_mask, summarise,
-                             write_figshare_mat)
+from xai_bt.data.datasets import (
+    FIGSHARE_LABELS,
+    detect_layout,
+    load_benchmark,
+    load_brisc,
+    load_class_folders,
+    load_dataset,
+    load_figshare,
+    sample_image,
+    sample_mask,
+    summarise,
+    write_figshare_mat,
+)
 from xai_bt.data.decode import read_image, rescale_to_uint8
 from xai_bt.data.sample import CLASS_NAMES, ImageError, Sample
 

@@ -10,13 +10,28 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xai_bt.data import twins as dedup
 from xai_bt.cli import data as data_cmd
-from xai_bt.data.twins import (best_matches, exact_duplicate_groups, fingerprints, near_duplicate_groups, similar_pairs,
-                          thumbnail, thumbnails)
+from xai_bt.data import twins as dedup
 from xai_bt.data.sample import CLASS_NAMES, Sample
-from xai_bt.data.splits import (audit, leakage_free, make_split, max_similarity, read_split_csv, split_groups,
-                           split_training, write_split_csv)
+from xai_bt.data.splits import (
+    audit,
+    leakage_free,
+    make_split,
+    max_similarity,
+    read_split_csv,
+    split_groups,
+    split_training,
+    write_split_csv,
+)
+from xai_bt.data.twins import (
+    best_matches,
+    exact_duplicate_groups,
+    fingerprints,
+    near_duplicate_groups,
+    similar_pairs,
+    thumbnail,
+    thumbnails,
+)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BENCHMARK = DATA / "brain-tumor-mri"

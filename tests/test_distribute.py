@@ -34,8 +34,9 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_benchmark, tmp_path):
     with open(out / "history.csv") as fh:
         losses = [float(row["loss"]) for row in csv.DictReader(fh)]
     assert losses[-1] < losses[0], losses
-    from xai_bt import load_model
     from conftest import SAMPLES
+
+    from xai_bt import load_model
     p = load_model(out).predict(str(SAMPLES / "glioma.jpg")).probabilities
     assert p.shape == (1, 4) and np.isclose(p.sum(), 1)
 

@@ -6,15 +6,14 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from conftest import SAMPLES
 
 from xai_bt.attribution import cams, registry
-from xai_bt.model.architectures import build, view_classifier, xai_cnn
-from xai_bt.model.bundle import Bundle, default_model_path, load_model
 from xai_bt.attribution.explain import METHODS, attribute, explain, explain_batch
 from xai_bt.attribution.gradients import unit_max
+from xai_bt.model.architectures import build, view_classifier, xai_cnn
+from xai_bt.model.bundle import Bundle, default_model_path, load_model
 from xai_bt.model.preprocessing import Preprocessing
-
-from conftest import SAMPLES
 
 CLASSES = ("glioma", "meningioma", "no_tumor", "pituitary")
 FAST = dict(max_n=4, smooth_samples=4, steps=8, shap_samples=8, max_evals=40)  # every method's cost knob, small

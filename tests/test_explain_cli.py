@@ -6,13 +6,12 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import SAMPLES
 
 from xai_bt import cli
 from xai_bt.cli._common import UsageError, parse_formats, resolve_target
-from xai_bt.io.explain_files import explain_files, plan_explain, unique_stems
 from xai_bt.data.sample import CLASS_NAMES
-
-from conftest import SAMPLES
+from xai_bt.io.explain_files import explain_files, plan_explain, unique_stems
 
 pytest.importorskip("tensorflow")
 SIZE = 64

@@ -5,11 +5,10 @@ import time
 
 import numpy as np
 import pytest
+from conftest import FOLDERS, copy_benchmark_subset
 
 from xai_bt import cli
 from xai_bt.data.sample import CLASS_NAMES
-
-from conftest import FOLDERS, copy_benchmark_subset
 
 SIZE = 64
 N_TRAIN, N_TEST = 8, 5  # per class
@@ -53,9 +52,9 @@ def setup(tmp_path_factory):
 
 
 def test_calibrate_then_figures(setup, tmp_path, capsys):
-    from xai_bt.model.bundle import load_model
     from xai_bt.evaluation.calibration import nll
     from xai_bt.evaluation.temperature import probabilities_at, raw_logits, validation_samples
+    from xai_bt.model.bundle import load_model
 
     path, root = setup
     t0 = time.time()

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from xai_bt.data import boxes
 from xai_bt.audit import localisation as focus
 from xai_bt.audit import shortcut
+from xai_bt.data import boxes
 
 S = 40
 

@@ -9,10 +9,10 @@ from matplotlib.contour import ContourSet
 
 from xai_bt.attribution.result import Explanation
 from xai_bt.attribution.summary import peak, scan_geometry, to_original_fraction, top_region
-from xai_bt.io.explanation_files import output_paths, save_explanation
-from xai_bt.plots.explanation import plot_explanation
-from xai_bt.model.preprocessing import Preprocessing
 from xai_bt.data.sample import CLASS_NAMES, PLANES
+from xai_bt.io.explanation_files import output_paths, save_explanation
+from xai_bt.model.preprocessing import Preprocessing
+from xai_bt.plots.explanation import plot_explanation
 
 matplotlib.use("Agg")
 S = 64

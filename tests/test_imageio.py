@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xai_bt.data.decode import (SUPPORTED_SUFFIXES, iter_image_files, read_image, read_mask, rescale_to_uint8,
-                            resize_mask)
+from xai_bt.data.decode import (
+    SUPPORTED_SUFFIXES,
+    iter_image_files,
+    read_image,
+    read_mask,
+    rescale_to_uint8,
+    resize_mask,
+)
 from xai_bt.data.sample import ImageError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -59,8 +59,9 @@ def test_two_workers_train_and_only_the_chief_writes_the_bundle(tiny_benchmark, 
     assert "metrics" not in json.loads((tmp_path / ".multiworker.worker-1" / "bundle.json").read_text())
     assert "non-chief worker" in logs[1] and "non-chief worker" not in logs[0]
 
-    from xai_bt import load_model
     from conftest import SAMPLES
+
+    from xai_bt import load_model
 
     probs = load_model(out).predict(str(SAMPLES / "glioma.jpg")).probabilities
     assert probs.shape == (1, 4) and np.isclose(probs.sum(), 1)

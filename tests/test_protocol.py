@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BENCHMARK
 
-from xai_bt.data.twins import similar_pairs, thumbnails
 from xai_bt.data.sample import Sample
 from xai_bt.data.splits import read_split_csv
-
-from conftest import BENCHMARK
+from xai_bt.data.twins import similar_pairs, thumbnails
 
 SPLIT = Path(__file__).resolve().parents[1] / "docs" / "protocol" / "brain-tumor-mri-pooled.csv"
 

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SAMPLES
 
 from xai_bt import cli
-from xai_bt.review.html import render_report
 from xai_bt.review.case import HEATMAP_NOTES
-
-from conftest import SAMPLES
+from xai_bt.review.html import render_report
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "models" / "default"

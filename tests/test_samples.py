@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BENCHMARK, DATA, SAMPLES
 
 from xai_bt.data.datasets import load_dataset, sample_image
-from xai_bt.data.twins import best_matches, thumbnail, thumbnails
 from xai_bt.data.decode import read_image
 from xai_bt.data.sample import CLASS_NAMES, Sample
-
-from conftest import BENCHMARK, DATA, SAMPLES
+from xai_bt.data.twins import best_matches, thumbnail, thumbnails
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 

@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import SAMPLES
 
 from xai_bt.review.server import MAX_UPLOAD_BYTES, RequestError, make_app, make_server, parse_multipart, safe_stem
-
-from conftest import SAMPLES
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"

@@ -149,8 +149,8 @@ def measure(name: str, query, reference, within: bool, crops: bool) -> dict:
 def histogram(results: dict, out: Path) -> dict:
     """Nearest-neighbour r (as it is, mirrored, any twin transform) of benchmark test scans against
     Training, in bins of 0.005: the evidence for the threshold. Drawn by the data audit's own plot."""
-    from xai_bt.plots.evaluation import plot_twin_histogram
     from xai_bt.data.splits import histogram as counts
+    from xai_bt.plots.evaluation import plot_twin_histogram
     from xai_bt.plots.style import save_figure
 
     nn = results["benchmark_test_vs_training"]["_nn"]

@@ -17,8 +17,8 @@ import shutil
 from pathlib import Path
 
 from xai_bt.data.datasets import load_dataset
-from xai_bt.data.twins import TWIN_THRESHOLD, best_matches, thumbnails
 from xai_bt.data.sample import CLASS_NAMES
+from xai_bt.data.twins import TWIN_THRESHOLD, best_matches, thumbnails
 
 ROOT = "../shared/data/brain-tumor-mri"
 BRISC = "../shared/data/brisc2025"

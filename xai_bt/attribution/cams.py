@@ -13,9 +13,17 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 from scipy.special import softmax
 
+from xai_bt.attribution.gradients import (
+    Attribution,
+    batch_pairs,
+    cached,
+    call,
+    input_signature,
+    score_output,
+    scores,
+    unit_max,
+)
 from xai_bt.model.provenance import spatial_layers
-from xai_bt.attribution.gradients import (Attribution, batch_pairs, cached, call, input_signature, score_output,
-                                          scores, unit_max)
 
 if TYPE_CHECKING:
     from xai_bt.attribution.registry import MethodSpec

@@ -13,9 +13,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from xai_bt.audit.localisation import LOCALISATION_SCORES
-from xai_bt.review.html import img_tag
-from xai_bt.plots.style import figure_png
 from xai_bt.plots.audit import SCORE_LABELS, faithfulness_figure, gallery_figure, localisation_figure, sanity_figure
+from xai_bt.plots.style import figure_png
+from xai_bt.review.html import img_tag
 
 DEFINITIONS = """
 <dl>

@@ -32,9 +32,18 @@ from typing import Any, Sequence
 import numpy as np
 
 from xai_bt.attribution import registry
-from xai_bt.audit.measure import (FAITHFULNESS_SCORES, cam_layer, explain_maps, explained_network,
-                                  faithfulness_scores, model_batch, network_probabilities, sanity_check, score_maps)
-from xai_bt.audit.selection import EMPTY_MASK, select_candidates, scan_loader
+from xai_bt.audit.measure import (
+    FAITHFULNESS_SCORES,
+    cam_layer,
+    explain_maps,
+    explained_network,
+    faithfulness_scores,
+    model_batch,
+    network_probabilities,
+    sanity_check,
+    score_maps,
+)
+from xai_bt.audit.selection import EMPTY_MASK, scan_loader, select_candidates
 from xai_bt.audit.sinks import OUTPUTS, SCORE_FIELDS, CsvSink, MemorySink, Sink, csv_row
 from xai_bt.audit.summary import Columns, build_summary, read_columns
 from xai_bt.data.twins import TWIN_THRESHOLD

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+
 def head_mask(image: np.ndarray) -> np.ndarray:
     """Bool (H, W) mask of the head in a grayscale scan (uint8 or float in [0, 255]).
 

@@ -24,8 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from xai_bt.model.bundle import BundleError
     from xai_bt.evaluation.temperature import calibrate_bundle, format_record
+    from xai_bt.model.bundle import BundleError
 
     try:
         record = calibrate_bundle(args.model, args.data, overwrite=args.overwrite, batch_size=args.batch_size,

@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from xai_bt.data.twins import TRANSFORM_WORDS
 from xai_bt.cli._common import add_threshold, fail
+from xai_bt.data.twins import TRANSFORM_WORDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,8 +87,8 @@ def _summary(args: argparse.Namespace) -> int:
 
 def _audit(args: argparse.Namespace) -> int:
     """Audit ROOT(s), print the report, write JSON and optionally a new leakage-free split CSV."""
-    from xai_bt.data.twins import fingerprints
     from xai_bt.data.splits import audit
+    from xai_bt.data.twins import fingerprints
 
     if args.write_split and Path(args.write_split).exists() and not args.overwrite:
         return fail(f"{args.write_split} already exists; pass --overwrite to replace it")

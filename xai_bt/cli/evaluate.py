@@ -20,8 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from xai_bt.model.bundle import BundleError
     from xai_bt.evaluation.evaluate import evaluate_bundle, summary_text
+    from xai_bt.model.bundle import BundleError
 
     try:
         results = evaluate_bundle(args.model, args.data, threshold=args.threshold, batch_size=args.batch_size,

@@ -26,8 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from xai_bt.model.bundle import BundleError
     from xai_bt.evaluation.paper import make_figures, summary_text
+    from xai_bt.model.bundle import BundleError
 
     try:
         result = make_figures(args.models, args.data, args.out, formats=args.formats, overwrite=args.overwrite,

@@ -27,9 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from xai_bt.cli._common import UsageError, check_numbers, parse_methods
     from xai_bt.data.decode import iter_image_files
     from xai_bt.model.bundle import BundleError, default_model_path, load_model, load_view_model
-    from xai_bt.cli._common import UsageError, check_numbers, parse_methods
 
     out = Path(args.out)
     try:
@@ -73,8 +73,8 @@ def review_files(files: list[str], bundle, methods: list[str], view_bundle, top_
 
 def write(cases: list[dict], bundle, out: Path, args: argparse.Namespace) -> int:
     """Render and write the page; summary line; exit 1 if any scan failed."""
-    from xai_bt.review.html import render_report, write_report
     from xai_bt.review.case import model_summary
+    from xai_bt.review.html import render_report, write_report
 
     try:
         write_report(out, render_report(cases, model_summary(bundle), title=args.title), overwrite=args.overwrite)

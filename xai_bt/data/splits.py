@@ -18,8 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from xai_bt.data.twins import TWIN_THRESHOLD, TWIN_TRANSFORMS, best_matches, best_matches_by_transform, exact_duplicate_groups, fingerprints, groups_from_pairs, similar_pairs, thumbnails
 from xai_bt.data.sample import Sample
+from xai_bt.data.twins import (
+    TWIN_THRESHOLD,
+    TWIN_TRANSFORMS,
+    best_matches,
+    best_matches_by_transform,
+    exact_duplicate_groups,
+    fingerprints,
+    groups_from_pairs,
+    similar_pairs,
+    thumbnails,
+)
 
 SPLIT_COLUMNS = ("path", "label", "split", "group", "patient_id", "plane")
 #: Extra thresholds at which the audit counts test images with a twin in train.

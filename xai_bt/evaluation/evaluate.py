@@ -14,8 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xai_bt.data.twins import TWIN_THRESHOLD, TWIN_TRANSFORMS
 from xai_bt.data.sample import Sample
+from xai_bt.data.twins import TWIN_THRESHOLD, TWIN_TRANSFORMS
 from xai_bt.model.provenance import recorded_root, relative_path, rows_of, split_table, training_root
 
 
@@ -69,11 +69,11 @@ def evaluate_bundle(model, data: str, threshold: float = TWIN_THRESHOLD, batch_s
     """Metrics of a bundle on `data`: official test split and leakage-free subset, with 95% CIs.
 
     With `write`, the results are also stored in the bundle (bundle.json `metrics`, MODEL_CARD.md)."""
-    from xai_bt.model.bundle import Bundle, load_model, write_config
     from xai_bt.data.datasets import load_dataset
-    from xai_bt.evaluation.metrics import accuracy_ci, classification_report_dict
-    from xai_bt.model.card import write_model_card
     from xai_bt.data.splits import leakage_free, max_similarity
+    from xai_bt.evaluation.metrics import accuracy_ci, classification_report_dict
+    from xai_bt.model.bundle import Bundle, load_model, write_config
+    from xai_bt.model.card import write_model_card
 
     bundle = model if isinstance(model, Bundle) else load_model(model)
     samples = load_dataset(data)

@@ -145,8 +145,8 @@ def evaluate_model(model, data: str, name: str | None = None, threshold: float =
     """Run :func:`xai_bt.evaluation.evaluate.evaluate_bundle` once (temperature-scaled) and derive the raw
     probabilities from the same forward pass."""
     from xai_bt.evaluation.evaluate import evaluate_bundle
-    from xai_bt.model.bundle import Bundle, load_model
     from xai_bt.evaluation.temperature import probabilities_at, raw_logits
+    from xai_bt.model.bundle import Bundle, load_model
 
     t0 = time.time()
     bundle = model if isinstance(model, Bundle) else load_model(model)
@@ -167,8 +167,8 @@ def evaluate_model(model, data: str, name: str | None = None, threshold: float =
             np.abs(probabilities_at(bundle, logits, bundle.temperature) - shown).max() > 2e-6:
         # the bundle did not give us its logits (or not these): one more forward pass
         from xai_bt.data.cache import prepare_samples
-        from xai_bt.model.preprocessing import to_model_input
         from xai_bt.data.sample import Sample
+        from xai_bt.model.preprocessing import to_model_input
 
         x, errors = prepare_samples([Sample(path=r["path"]) for r in rows], bundle.preprocessing)
         if errors:

@@ -79,8 +79,8 @@ def validation_samples(bundle, data: str | os.PathLike, twin_free: bool = True) 
     training rows is left out: a model trained with flips has in effect seen it, so it would make the
     temperature and the TTA choice too confident. Bundles split since twins are mirror-aware lose none."""
     from xai_bt.data.datasets import load_dataset
-    from xai_bt.model.provenance import split_table
     from xai_bt.data.splits import leakage_free
+    from xai_bt.model.provenance import split_table
 
     table = split_table(bundle)
     if not table:
@@ -128,11 +128,11 @@ def calibrate_bundle(model, data: str | os.PathLike, overwrite: bool = False, ba
     "before", "after"}`` where before/after hold accuracy, confidence, ECE, MCE, classwise ECE, Brier and
     NLL on the validation scans at T = 1 and at the fitted T.
     """
-    from xai_bt.model.bundle import Bundle, load_model, write_config
+    from xai_bt.data.cache import failed_indices, prepare_samples
     from xai_bt.evaluation.calibration import calibration_report
     from xai_bt.evaluation.evaluate import labels_for
+    from xai_bt.model.bundle import Bundle, load_model, write_config
     from xai_bt.model.card import write_model_card
-    from xai_bt.data.cache import failed_indices, prepare_samples
     from xai_bt.model.preprocessing import to_model_input
 
     bundle = model if isinstance(model, Bundle) else load_model(model)

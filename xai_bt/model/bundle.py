@@ -21,8 +21,8 @@ from typing import Any, Iterable, Sequence, Union
 import numpy as np
 from scipy.special import softmax
 
-from xai_bt.model.preprocessing import Preprocessing, to_model_input
 from xai_bt.data.sample import ImageError
+from xai_bt.model.preprocessing import Preprocessing, to_model_input
 
 BUNDLE_FILE = "bundle.json"
 FORMAT = "xai_bt-bundle"

@@ -7,7 +7,6 @@ from typing import Any
 
 from xai_bt.data.twins import TWIN_THRESHOLD, describe_twins
 
-
 _PART_NAMES = {"official": "all test scans", "leakage_free": "leakage-free test scans (no twin learnt from)"}
 
 

@@ -21,9 +21,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from xai_bt.data.sample import CLASS_NAMES, PLANES, Sample
 from xai_bt.data.twins import TWIN_THRESHOLD, TWIN_TRANSFORMS
 from xai_bt.model.preprocessing import Preprocessing
-from xai_bt.data.sample import CLASS_NAMES, PLANES, Sample
 
 logger = logging.getLogger(__name__)
 
@@ -264,10 +264,10 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
     """Train `cfg.arch` on `cfg.data` and write the bundle to `cfg.out`; returns its path."""
     import keras
 
+    from xai_bt.data.cache import failed_indices, prepare_samples
     from xai_bt.model import architectures
     from xai_bt.model.bundle import BUNDLE_FILE, load_model, save_bundle
     from xai_bt.model.card import write_model_card
-    from xai_bt.data.cache import failed_indices, prepare_samples
 
     strategy = get_strategy(cfg.strategy)  # once, before TensorFlow runs anything: multi-worker needs that
     out, chief = _output_folder(cfg, strategy, resume)
@@ -416,9 +416,8 @@ def _patch_symbolic_build(model, strategy) -> None:
     """Keras 3 (up to 3.15 at least) fails in `fit` under MultiWorkerMirroredStrategy: its symbolic build
     all-reduces the first distributed batch, which collective ops cannot do for a nested batch
     (keras-team/keras#20585). The build needs only shapes, so build from this worker's own first replica."""
-    from keras import tree
-
     import tensorflow as tf
+    from keras import tree
 
     def build(iterator=None, data_batch=None):
         if iterator is not None:
@@ -438,10 +437,9 @@ def _patch_scalar_reduce() -> None:
     """The same Keras bug, second half: each step's logs (scalars) are all-reduced with axis=0, which
     fails for 0-d tensors under multi-worker collectives. Reduce scalars with axis=None (a plain mean
     over replicas); everything else goes to Keras' own function. Applied once, only for multi-worker."""
+    import tensorflow as tf
     from keras import tree
     from keras.src.backend.tensorflow import trainer as tf_trainer
-
-    import tensorflow as tf
 
     original = tf_trainer.reduce_per_replica
     if getattr(original, "_xai_bt_patch", False):

@@ -15,8 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from xai_bt.attribution.registry import REVIEW_DEFAULT
-from xai_bt.plots.style import figure_png
 from xai_bt.data.sample import ImageError
+from xai_bt.plots.style import figure_png
 
 #: Methods used when the caller names none: fast, and the two CAMs the focus audit compares.
 DEFAULT_METHODS: tuple[str, ...] = REVIEW_DEFAULT
@@ -53,8 +53,8 @@ def review_scan(bundle, source: str | os.PathLike | bytes, name: str | None = No
     """
     from xai_bt.attribution.explain import explain
     from xai_bt.attribution.summary import GEOMETRY_KEY, explanation_summary, scan_geometry
-    from xai_bt.plots.explanation import plot_explanation
     from xai_bt.data.decode import read_image
+    from xai_bt.plots.explanation import plot_explanation
 
     label = name if name is not None else str(source)
     gray = read_image(source, name=label)

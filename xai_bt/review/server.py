@@ -290,9 +290,9 @@ class Handler(BaseHTTPRequestHandler):
     def _review(self, name: str, stem: str, data: bytes, chosen: dict[str, Any]):
         """Decode, explain and save the review page; ImageError -> RequestError(400)."""
         from xai_bt.data.decode import read_image
-        from xai_bt.review.html import render_report, write_report
-        from xai_bt.review.case import model_summary, review_scan
         from xai_bt.data.sample import ImageError
+        from xai_bt.review.case import model_summary, review_scan
+        from xai_bt.review.html import render_report, write_report
 
         try:
             read_image(data, name=name)   # validate before taking the model lock
