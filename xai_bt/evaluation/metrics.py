@@ -328,13 +328,7 @@ def bootstrap_difference(
     the interval reflects the change, not the two sampling errors. Same return shape as
     :func:`bootstrap_ci` (``estimate`` is the observed difference).
     """
-    y, a = check_inputs(y_true, y_prob_a)
-    _, b = check_inputs(y_true, y_prob_b)
-    if a.shape != b.shape:
-        raise ValueError(f"probability sets differ in shape: {a.shape} vs {b.shape}")
-    boots = _replicates(lambda idx: metric_fn(y[idx], b[idx]) - metric_fn(y[idx], a[idx]), y, n_boot, seed,
-                        stratified)
-    return _percentile_ci(_float(metric_fn(y, b) - metric_fn(y, a)), boots, alpha, stratified)
+    return bootstrap_paired(metric_fn, y_true, y_prob_a, y_prob_b, n_boot, alpha, seed, stratified)["change"]
 
 
 def bootstrap_paired(
