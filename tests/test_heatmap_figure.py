@@ -51,7 +51,7 @@ def test_figure_panels_and_text():
     fig = plot_explanation(_expl(view_probabilities=np.array([0.1, 0.8, 0.1]), view_names=PLANES))
     texts = _texts(fig)
     for label in ("0.70", "0.20", "0.06", "0.04", "glioma", "meningioma", "no tumor", "pituitary",
-                  "Grad-CAM", "Integrated Gradients", "Scan (model input)", "top 10% of map (positive values)"):
+                  "Grad-CAM", "Integrated Gradients", "Model input", "top 10% of map (positive values)"):
         assert any(label in t for t in texts), label
     title = fig._suptitle.get_text()
     assert "Predicted: glioma (confidence 0.70)" in title and "tiny_test_model" in title
@@ -76,7 +76,7 @@ def test_target_and_mask_are_shown():
     assert "Maps explain: meningioma (p = 0.20), not the predicted class" in title
     texts = _texts(fig)
     assert "tumor mask" in texts and "top 5% of map (positive values)" in texts
-    scan = next(ax for ax in fig.axes if ax.get_title() == "Scan (model input)")
+    scan = next(ax for ax in fig.axes if ax.get_title() == "Model input")
     assert any(isinstance(c, ContourSet) for c in scan.collections)
     assert len(title.splitlines()) == 3
     with pytest.raises(ValueError, match="prepare_mask"):
@@ -165,3 +165,13 @@ def test_refuses_to_overwrite_and_checks_all_targets_first(tmp_path):
     with pytest.raises(FileExistsError, match="case_007.png"):
         save_explanation(expl, tmp_path, formats=("png", "pdf"))
     assert {p.name: os.stat(p).st_mtime_ns for p in tmp_path.iterdir()} == before
+
+
+def test_a_figure_of_every_method_keeps_all_text_inside():
+    """Every registered method on one figure (four panels a row, a labelled colour bar each): no title, label
+    or legend may stick out of the two-column width, or the saved file cuts it off."""
+    from xai_bt.attribution.registry import METHODS
+    from xai_bt.plots.style import clipped_texts
+
+    maps = {m: (_blob(20, 40) - (_blob(45, 15) if i % 2 else 0)) for i, m in enumerate(METHODS)}
+    assert clipped_texts(plot_explanation(_expl(maps=maps))) == []

@@ -52,7 +52,7 @@ def _draw_scan(ax, image: np.ndarray, mask: np.ndarray | None) -> None:
     """The prepared scan as the model saw it, with the mask outline when known."""
     ax.imshow(image, cmap="gray", vmin=0, vmax=255)
     outline(ax, mask, MASK_COLOR, "--")
-    ax.set_title("Scan (model input)")
+    ax.set_title("Model input")
     ax.set_axis_off()
 
 
