@@ -175,3 +175,21 @@ def test_a_figure_of_every_method_keeps_all_text_inside():
 
     maps = {m: (_blob(20, 40) - (_blob(45, 15) if i % 2 else 0)) for i, m in enumerate(METHODS)}
     assert clipped_texts(plot_explanation(_expl(maps=maps))) == []
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_audit_gallery_uses_the_shared_overlay_and_keeps_its_text_inside(n):
+    """The audit gallery draws every map with plots.heatmap.draw_heatmap (mask dashed, peak marked) and its
+    title fits however few scans it shows."""
+    from xai_bt.plots.audit import gallery_figure
+    from xai_bt.plots.style import clipped_texts
+
+    image = (np.random.default_rng(2).random((S, S)) * 255).astype(np.float32)
+    items = [dict(kind=kind, image=image, map=_blob(20, 40), mask=_blob(20, 40) > 0.5, label="glioma",
+                  plane="axial", energy_pointing_game=0.4, pointing_game=1.0, prediction="glioma", confidence=0.9)
+             for kind in ("best", "worst") for _ in range(n)]
+    fig = gallery_figure("integrated_gradients", items)
+    assert clipped_texts(fig) == []
+    assert "Integrated Gradients" in fig._suptitle.get_text()
+    drawn = [ax for ax in fig.axes if ax.images]
+    assert len(drawn) == 2 * n and all(len(ax.images) == 2 for ax in drawn)   # scan + map, as in the figure

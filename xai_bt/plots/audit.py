@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from xai_bt.attribution.registry import label as method_label
 from xai_bt.plots.heatmap import draw_heatmap
 from xai_bt.plots.style import PALETTE, style_context
 
@@ -81,7 +82,7 @@ def gallery_figure(method: str, items: Sequence[dict[str, Any]]) -> Figure:
     rows = [[it for it in items if it["kind"] == kind] for kind in ("best", "worst")]
     cols = max(1, max(len(r) for r in rows))
     with style_context():
-        fig = Figure(figsize=(1.9 * cols, 4.4))
+        fig = Figure(figsize=(max(1.9 * cols, 6.0), 4.6))
         axes = fig.subplots(2, cols, squeeze=False)
         for r, (kind, row) in enumerate(zip(("best", "worst"), rows)):
             for c in range(cols):
@@ -94,7 +95,8 @@ def gallery_figure(method: str, items: Sequence[dict[str, Any]]) -> Figure:
                 ax.set_title(f"{kind}: {it['label']} ({it.get('plane') or ''})\n"
                              f"energy {it['energy_pointing_game']:.2f}, hit {_hit(it['pointing_game'])}\n"
                              f"pred {it['prediction']} {it['confidence']:.2f}", fontsize=6.5)
-        fig.suptitle(f"{method}: best and worst scans by energy pointing game (dashed green: tumor mask, +: peak)")
+        fig.suptitle(f"{method_label(method)}: best and worst scans by energy pointing game\n"
+                     "dashed green: tumor mask; white +: the map's peak")
     return fig
 
 
