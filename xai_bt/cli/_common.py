@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Iterator
 
-from xai_bt.io.explain_files import FIGURE_FORMATS
+from xai_bt.io.explain_files import FIGURE_FORMATS, check_formats
 
 
 def fail(message: str, code: int = 2) -> int:
@@ -59,28 +59,28 @@ class UsageError(ValueError):
 
 
 def parse_methods(text: str) -> list[str]:
-    """'gradcam,layercam' or 'all' -> registered method names, in the order given."""
+    """'gradcam,layercam' or 'all' -> registered method names, in the order given (`registry.check_methods`)."""
     from xai_bt.attribution import registry
 
-    names = list(dict.fromkeys(m.strip().lower() for m in text.split(",") if m.strip()))
-    if text.strip().lower() == "all":
-        return list(registry.names())
-    unknown = [m for m in names if m not in registry.names()]
-    if unknown or not names:
+    names = [m.strip().lower() for m in text.split(",") if m.strip()]
+    try:
+        return list(registry.check_methods("all" if text.strip().lower() == "all" else names))
+    except ValueError:
+        unknown = [m for m in names if m not in registry.names()]
         raise UsageError(f"unknown method {unknown[0] if unknown else text!r}; "
-                         f"choose from {', '.join(registry.names())} or all")
-    return names
+                         f"choose from {', '.join(registry.names())} or all") from None
 
 
 def parse_formats(text: str) -> list[str]:
     """'png,pdf' -> ['png', 'pdf']; only formats matplotlib writes losslessly for papers. 'none' -> [] (no
-    figures: the JSON sidecar, and maps with --save-maps, only; the fast setting for large archives)."""
-    if text.strip().lower() == "none":
-        return []
-    names = list(dict.fromkeys(f.strip().lower().lstrip(".") for f in text.split(",") if f.strip()))
-    bad = [f for f in names if f not in FORMATS]
-    if bad or not names:
-        raise UsageError(f"unknown figure format {bad[0] if bad else text!r}; choose from {', '.join(FORMATS)} or none")
+    figures: the JSON sidecar, and maps with --save-maps, only; the fast setting for large archives).
+    The checking is `io.explain_files.check_formats`'; here a bad value is a UsageError."""
+    try:
+        names = check_formats(text)
+    except ValueError as e:
+        raise UsageError(f"{e} or none") from None
+    if not names and text.strip().lower() != "none":
+        raise UsageError(f"unknown figure format {text!r}; choose from {', '.join(FORMATS)} or none")
     return names
 
 
