@@ -16,7 +16,7 @@ import numpy as np
 
 from xai_bt.data.sample import Sample
 from xai_bt.data.twins import TWIN_THRESHOLD, TWIN_TRANSFORMS
-from xai_bt.model.provenance import recorded_root, relative_path, rows_of, split_table, training_root
+from xai_bt.model.provenance import is_training_dataset, relative_path, rows_of, split_table, training_root
 
 
 def evaluation_samples(bundle, samples: Sequence[Sample], data: str,
@@ -26,11 +26,9 @@ def evaluation_samples(bundle, samples: Sequence[Sample], data: str,
     The bundle's split.csv holds paths relative to its training data root; `train_data` says where
     that root is now (default: the recorded path if it exists, else `data` when it is the same dataset)."""
     table = split_table(bundle)
-    recorded = recorded_root(bundle)
-    same_dataset = bool(recorded) and Path(data).resolve().name == Path(recorded).name
     root = training_root(bundle, train_data, data)
     trained = [s for s in rows_of(bundle, root, ("train", "val")) if Path(s.path).is_file()] if root else []
-    if same_dataset:
+    if is_training_dataset(bundle, data):
         own = [s for s in samples if table.get(relative_path(s.path, data)) == "test"]
         if own:
             official = all(s.split == "test" for s in own)

@@ -10,7 +10,7 @@ from typing import Any
 
 from xai_bt.data.sample import Sample
 
-__all__ = ["split_table", "recorded_root", "training_root", "rows_of", "relative_path", "decision_network",
+__all__ = ["split_table", "recorded_root", "is_training_dataset", "training_root", "rows_of", "relative_path", "decision_network",
            "network_classes", "cam_layer", "spatial_layers", "default_layer"]
 
 
@@ -33,6 +33,14 @@ def relative_path(path: str, root: str) -> str:
     return Path(os.path.relpath(path, root)).as_posix()
 
 
+def is_training_dataset(bundle, data: str | None) -> bool:
+    """`data` is the dataset the bundle was trained on (the same folder name as the recorded root)."""
+    recorded = recorded_root(bundle)
+    if not data or not recorded:
+        return False
+    return Path(data).resolve().name == Path(recorded).name
+
+
 def training_root(bundle, train_data: str | None = None, data: str | None = None) -> str | None:
     """Where the split.csv paths live now: `train_data`; else the recorded folder if it exists; else `data`
     when it is the same dataset (same folder name) as the recorded one; else None."""
@@ -41,7 +49,7 @@ def training_root(bundle, train_data: str | None = None, data: str | None = None
     recorded = recorded_root(bundle)
     if recorded and os.path.isdir(recorded):
         return recorded
-    if data and recorded and Path(data).resolve().name == Path(recorded).name:
+    if is_training_dataset(bundle, data):
         return data
     return None
 
