@@ -23,7 +23,7 @@ from xai_bt.attribution.gradients import (
     scores,
     unit_max,
 )
-from xai_bt.model.provenance import spatial_layers
+from xai_bt.model.layers import activation_pass, resolve
 
 if TYPE_CHECKING:
     from xai_bt.attribution.registry import MethodSpec
@@ -35,13 +35,9 @@ def cam_pass(model, layer: str, every_class: bool = False) -> Callable[..., tupl
     and K backward passes that stop at `layer` (cheap when it is the last conv layer), so the scores can
     choose the target after the pass."""
     def build():
-        import keras
         import tensorflow as tf
 
-        if layer not in spatial_layers(model):
-            raise ValueError(f"{layer!r} is not a spatial (N, H, W, C) layer of model {model.name!r}; "
-                             f"choose one of: {', '.join(spatial_layers(model)[-8:])} ...")
-        sub = keras.Model(model.inputs, [model.get_layer(layer).output, score_output(model)])
+        sub = activation_pass(model, resolve(model, layer), score_output(model))
         n_classes = int(score_output(model).shape[-1])
 
         @tf.function(input_signature=[input_signature(model), tf.TensorSpec((None,), tf.int32)])

@@ -132,7 +132,8 @@ def explain(model, images, methods: Sequence[str] | str = ("gradcam",), target: 
                 view_probabilities=None if pred.view_probabilities is None else pred.view_probabilities[i],
                 view_names=pred.view_names,
                 view_attribution={m: a.inputs[0][i] for m, a in result.items() if a.inputs},
-                extra={m: _info_at(a.info, i) for m, a in result.items() if a.info}, network=name))
+                extra={m: _info_at(a.info, i) for m, a in result.items() if a.info}, network=name,
+                score=provenance.explained_score(bundle)))
     return explanations
 
 
@@ -168,7 +169,8 @@ def _explain_cascade(bundle, images, methods: tuple[str, ...], target: Target, l
                     image=xb[i, ..., 0].copy(), maps={m: a.maps[j] for m, a in result.items()},
                     target=int(targets[i]), target_name=names[targets[i]], probabilities=pred.probabilities[i],
                     class_names=names, model_name=bundle.name, path=paths[start + i], layer=cam_layer,
-                    extra={m: _info_at(a.info, j) for m, a in result.items() if a.info}, network=stage)
+                    extra={m: _info_at(a.info, j) for m, a in result.items() if a.info}, network=stage,
+                    score=provenance.explained_score(bundle))
         out.extend(e for e in chunk if e is not None)     # every scan is decided by one of the two stages
     return out
 
@@ -213,7 +215,7 @@ def _cam_layer(bundle, net, layer: str | None, methods: tuple[str, ...]) -> str 
     """The CAM family's layer on `net` when a CAM method is asked for, else None."""
     if not any(registry.spec(m).is_cam for m in methods):
         return None
-    return layer or provenance.cam_layer(bundle, net)
+    return provenance.cam_layer(bundle, net, layer)
 
 
 def _resolve_targets(target: int | str | Sequence[int | str], n: int, names: tuple[str, ...],

@@ -28,6 +28,7 @@ class Explanation:
     mask: np.ndarray | None = None                 # (S, S) bool ground truth, when known
     extra: dict[str, Any] = field(default_factory=dict)
     network: str | None = None                     # the bundle network the maps come from ("stage1" of a cascade...)
+    score: str = "logits"                          # which class score the maps explain (provenance.explained_score)
 
     @property
     def predicted(self) -> str:

@@ -109,6 +109,7 @@ def explanation_summary(expl: Explanation, top_k: float = 0.1) -> dict[str, Any]
         "target_probability": float(probs[expl.target]),
         "layer": expl.layer,
         "network": expl.network,
+        "score": expl.score,
         "input_size": int(expl.image.shape[0]),
         "original_shape": geometry["original_shape"] if geometry else None,
         "view": None,

@@ -144,16 +144,19 @@ def select_unseen(bundle, samples: Sequence[Sample], train_data: str | None = No
     split.csv or its training data cannot be found (the caller suggests --train-data or --all)."""
     from xai_bt.data.splits import leakage_free, max_similarity
     from xai_bt.data.twins import thumbnails
-    from xai_bt.model.provenance import split_table, training_root
+    from xai_bt.model.provenance import declared_training_rows, split_table, training_root
 
     table = split_table(bundle)
-    if not table:
+    if not table and not train_data:
         raise ValueError(f"{bundle.path}: the bundle has no split.csv, so which scans it was trained on is unknown")
     root = training_root(bundle, train_data)
     if root is None or not os.path.isdir(root):
         raise ValueError(f"the bundle's training data folder ({root or 'not recorded'}) is not here")
-    rows = {part: [Sample(path=os.path.join(root, rel)) for rel, p in table.items() if p == part]
-            for part in ("train", "val")}
+    if table:
+        rows = {part: [Sample(path=os.path.join(root, rel)) for rel, p in table.items() if p == part]
+                for part in ("train", "val")}
+    else:  # an imported model: every scan its user says it learnt from counts as training
+        rows = {"train": declared_training_rows(root), "val": []}
     missing = [s.path for s in rows["train"] if not os.path.isfile(s.path)]
     if missing:
         raise ValueError(f"{len(missing)} of the bundle's {len(rows['train'])} training scans are not under "

@@ -1,6 +1,6 @@
 """Command-line entry: `python -m xai_bt <command> --help`.
 
-Each command lives in `xai_bt/cli/<name>.py` with `add_arguments(parser)` and `main(args) -> int`;
+Each command lives in `xai_bt/cli/<name>.py` (`import-model`: `import_model.py`) with `add_arguments(parser)` and `main(args) -> int`;
 modules are imported only when their command runs, so `--help` is instant. A command only parses its options,
 calls the library (e.g. `xai_bt.io.explain_files`) and prints; helpers they share are in `_common`.
 """
@@ -23,11 +23,12 @@ COMMANDS = {
     "calibrate": "fit temperature scaling on a validation split and store it in the bundle",
     "report": "one self-contained HTML review page: prediction, heatmaps, model card, caveats",
     "serve": "local web page: upload a scan, see its review (127.0.0.1 by default)",
+    "import-model": "wrap your own Keras classifier (.keras, .h5) into a model bundle with a model card",
 }
 
 
 def _module(name: str):
-    return importlib.import_module(f"xai_bt.cli.{name}")
+    return importlib.import_module(f"xai_bt.cli.{name.replace('-', '_')}")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -35,7 +36,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                                      description="xai_bt: explainability-first brain-tumor MRI classification")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_ in COMMANDS.items():
-        if importlib.util.find_spec(f"xai_bt.cli.{name}") is None:
+        if importlib.util.find_spec(f"xai_bt.cli.{name.replace('-', '_')}") is None:
             continue
         p = sub.add_parser(name, help=help_, description=help_)
         if only in (None, name):

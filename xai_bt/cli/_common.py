@@ -100,3 +100,41 @@ def resolve_target(name: str | None, class_names: tuple[str, ...]) -> str | None
         return resolve(name, class_names)
     except ValueError as e:
         raise UsageError(str(e)) from None
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """What a Keras model file made outside xai_bt needs (`--model my_model.keras --classes ...`): its
+    classes in output order and, where it cannot be read from the file, how it expects its input."""
+    from xai_bt.model.imported import PIXEL_SCALES
+
+    g = p.add_argument_group("a Keras model file (.keras, .h5) instead of an xai_bt bundle")
+    g.add_argument("--classes", metavar="A,B,...|FILE",
+                   help="the model's classes in its output order, comma-separated or a labels file "
+                        "(one per line); 'notumor' etc. are read as no_tumor")
+    g.add_argument("--pixel-scale", choices=list(PIXEL_SCALES), metavar="SCALE",
+                   help="the pixel scaling the model expects: " + "; ".join(f"{k}: {v}" for k, v in PIXEL_SCALES.items())
+                        + " (default: 0-1, recorded as assumed)")
+    g.add_argument("--input-size", type=int, metavar="PX", help="input side in pixels (default: read from the model)")
+    g.add_argument("--crop-to-head", action=argparse.BooleanOptionalAction, default=None,
+                   help="crop each scan to the head before resizing, as xai_bt's own models do "
+                        "(default: no, the whole image is resized, recorded as assumed)")
+
+
+def load_bundle(path, args: argparse.Namespace):
+    """The model a command runs on: an xai_bt bundle folder, or a Keras model file wrapped in memory with
+    `--classes` and the input options; BundleError (one line naming the file) when neither works."""
+    from xai_bt.model.bundle import BundleError, load_model
+    from xai_bt.model.imported import import_model, is_model_file
+
+    given = [f"--{k.replace('_', '-')}" for k in ("classes", "pixel_scale", "input_size", "crop_to_head")
+             if getattr(args, k, None) is not None]
+    if is_model_file(path):
+        if getattr(args, "classes", None) is None:
+            raise BundleError(f"{path}: a Keras model file, not an xai_bt bundle: pass --classes with its classes in "
+                              "output order (e.g. --classes glioma,meningioma,no_tumor,pituitary)")
+        return import_model(path, args.classes, pixel_scale=args.pixel_scale, image_size=args.input_size,
+                            crop_to_head=args.crop_to_head)
+    if given:
+        raise UsageError(f"{given[0]} is for a Keras model file (.keras, .h5); the bundle {path} "
+                         "records its classes and preprocessing")
+    return load_model(path)

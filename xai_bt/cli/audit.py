@@ -15,7 +15,7 @@ import shlex
 import time
 from typing import TYPE_CHECKING
 
-from xai_bt.cli._common import add_threshold, fail
+from xai_bt.cli._common import add_model_options, add_threshold, fail
 
 if TYPE_CHECKING:
     from xai_bt.audit.runner import AuditConfig
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from xai_bt.attribution.registry import AUDIT_DEFAULT as DEFAULT_METHODS
 
-    p.add_argument("model", help="model bundle folder")
+    p.add_argument("model", help="model bundle folder, or your own Keras model file (.keras, .h5) with --classes")
     p.add_argument("--data", required=True, help="dataset with tumor masks (BRISC, figshare .mat, or any "
                                                  "layout with --masks / --boxes)")
     p.add_argument("--masks", help="folder of mask images (matched to scans by file stem) or a CSV "
@@ -60,11 +60,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="finish an interrupted streamed audit (implies --stream)")
     p.add_argument("--shard", metavar="K/N", help="audit only shard K of N of the scans (implies --stream)")
     p.add_argument("--workers", type=int, help="scans decoded in parallel (default: tf.data's AUTOTUNE)")
+    add_model_options(p)
 
 
 def main(args: argparse.Namespace) -> int:
     from xai_bt.audit.runner import check_out, run_audit, write_audit
-    from xai_bt.cli._common import UsageError, parse_methods
+    from xai_bt.cli._common import UsageError, load_bundle, parse_methods
     from xai_bt.model.bundle import BundleError
 
     start = time.perf_counter()
@@ -73,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
         if args.stream or args.resume or args.shard:
             return _streamed(args, config, start)
         check_out(args.out, args.overwrite)
-        result = run_audit(args.model, args.data, config)
+        result = run_audit(load_bundle(args.model, args), args.data, config)
         paths = write_audit(result, args.out, overwrite=args.overwrite, command=command_line(args))
     except (UsageError, BundleError, FileExistsError, FileNotFoundError, ValueError) as e:
         hint = (" (pass --train-data ROOT, or --all to audit every scan)"
@@ -103,12 +104,12 @@ def _config(args: argparse.Namespace, methods: list[str]) -> AuditConfig:
 def _streamed(args: argparse.Namespace, config: AuditConfig, start: float) -> int:
     """The streaming audit (rows to CSV per batch); errors propagate to main's one-line handler."""
     from xai_bt.audit.runner import stream_audit
-    from xai_bt.cli._common import UsageError
+    from xai_bt.cli._common import UsageError, load_bundle
     from xai_bt.io.shards import parse_shard
 
     if args.resume and args.overwrite:
         raise UsageError("--resume keeps finished scans and --overwrite redoes them: choose one")
-    summary = stream_audit(args.model, args.data, args.out, config, resume=args.resume, overwrite=args.overwrite,
+    summary = stream_audit(load_bundle(args.model, args), args.data, args.out, config, resume=args.resume, overwrite=args.overwrite,
                            shard=parse_shard(args.shard), command=command_line(args))
     if summary is not None:
         _print_summary(summary)

@@ -11,7 +11,7 @@ from xai_bt.cli._common import fail
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model bundle folder")
+    p.add_argument("model", help="model bundle folder (import your own Keras model first: xai_bt import-model)")
     p.add_argument("--data", required=True,
                    help="the model's training data root (split.csv paths are relative to it); only the "
                         "rows with split 'val' are used")

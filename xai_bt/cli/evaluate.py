@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import argparse
 
-from xai_bt.cli._common import add_threshold, fail
+from xai_bt.cli._common import UsageError, add_model_options, add_threshold, fail, load_bundle
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model bundle folder")
+    p.add_argument("model", help="model bundle folder, or your own Keras model file (.keras, .h5) with --classes")
     p.add_argument("--data", required=True, help="dataset root")
     p.add_argument("--out", help="write metrics.json, metrics.csv and predictions.csv to this folder")
     add_threshold(p, "the leakage-free set")
@@ -17,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--update-card", action="store_true", help="store the metrics in the bundle and its card")
     p.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
     p.add_argument("--batch-size", type=int, default=64)
+    add_model_options(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -24,10 +25,10 @@ def main(args: argparse.Namespace) -> int:
     from xai_bt.model.bundle import BundleError
 
     try:
-        results = evaluate_bundle(args.model, args.data, threshold=args.threshold, batch_size=args.batch_size,
+        results = evaluate_bundle(load_bundle(args.model, args), args.data, threshold=args.threshold, batch_size=args.batch_size,
                         calibrated=not args.raw, write=args.update_card, out=args.out, overwrite=args.overwrite,
                         train_data=args.train_data)
-    except (BundleError, FileExistsError, ValueError, FileNotFoundError) as e:
+    except (BundleError, UsageError, FileExistsError, ValueError, FileNotFoundError) as e:
         return fail(str(e))
     print(summary_text(results))
     return 0

@@ -15,7 +15,15 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from xai_bt.cli._common import UsageError, check_numbers, fail, parse_formats, parse_methods
+from xai_bt.cli._common import (
+    UsageError,
+    add_model_options,
+    check_numbers,
+    fail,
+    load_bundle,
+    parse_formats,
+    parse_methods,
+)
 
 if TYPE_CHECKING:
     from xai_bt.io.explain_files import ExplainResult, ScanResult
@@ -28,11 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="*", help="scan files (JPEG, PNG, TIFF, DICOM) or folders (searched recursively)")
     p.add_argument("--list", dest="list_file", metavar="FILE",
                    help="text file of scan paths, one per line (relative to the file's folder)")
-    p.add_argument("--model", help="model bundle (default: the shipped default model)")
+    p.add_argument("--model", help="model bundle, or your own Keras model file with --classes (default: the shipped default model)")
     p.add_argument("--methods", default="gradcam",
                    help="comma-separated methods, or 'all' (default: gradcam)")
     p.add_argument("--target", help="class to explain (default: each scan's predicted class)")
-    p.add_argument("--layer", help="conv layer for the CAM methods (default: the bundle's last conv layer)")
+    p.add_argument("--layer", help="conv layer for the CAM methods: its name or path inside a nested backbone, e.g. mobilenetv2_1.00_224/out_relu (default: the bundle's last conv layer)")
+    p.add_argument("--list-layers", action="store_true",
+                   help="list the model's candidate CAM layers (paths and spatial size) and exit")
     p.add_argument("--out", default="explanations", help="output folder (default: explanations/)")
     p.add_argument("--format", default="png,pdf",
                    help="figure formats, comma-separated, or 'none' for JSON sidecars only (default: png,pdf)")
@@ -47,6 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="explain only shard K of N of the sorted file list (index: index-K-of-N.csv)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, help="scans decoded in parallel (default: tf.data AUTOTUNE)")
+    add_model_options(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -62,9 +73,12 @@ def main(args: argparse.Namespace) -> int:
             raise UsageError(f"--workers must be at least 1, got {args.workers}")
         if args.resume and args.overwrite:
             raise UsageError("--resume keeps finished scans and --overwrite redoes them: choose one")
+        model = load_bundle(args.model or default_model_path(), args)
+        if args.list_layers:
+            return list_layers(model)
         if not args.inputs and not args.list_file:
             raise UsageError("give scan files or folders, or --list FILE")
-        plan = plan_explain(args.model or default_model_path(), args.inputs, args.out, list_file=args.list_file,
+        plan = plan_explain(model, args.inputs, args.out, list_file=args.list_file,
                             methods=methods, target=args.target, layer=args.layer, formats=formats,
                             top_k=args.top_k, mask=args.mask, save_maps=args.save_maps, overwrite=args.overwrite,
                             resume=args.resume, shard=shard, batch_size=args.batch_size, workers=args.workers)
@@ -72,6 +86,21 @@ def main(args: argparse.Namespace) -> int:
         return fail(str(e))
     result = plan.run(progress=True, on_scan=print_scan)
     return print_summary(result)
+
+
+def list_layers(bundle) -> int:
+    """The network's spatial layers, input side first, with their size; the default CAM layer marked."""
+    from xai_bt.model.layers import spatial_layer_shapes
+
+    default = bundle.last_conv_layer
+    rows = spatial_layer_shapes(bundle.model)
+    width = max(len(path) for path, _ in rows)
+    for path, (h, w, c) in rows:
+        mark = "  <- default CAM layer" if path == default else ""
+        print(f"{path:<{width}}  {h:>4} x {w:<4} x {c:>5}{mark}")
+    print(f"{len(rows)} spatial layers in {bundle.name}; pass one as --layer (a unique tail of a path is enough)",
+          file=sys.stderr)
+    return 0
 
 
 def print_scan(scan: ScanResult) -> None:

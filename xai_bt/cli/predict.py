@@ -12,21 +12,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from xai_bt.cli._common import fail
+from xai_bt.cli._common import UsageError, add_model_options, fail, load_bundle
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="scan files (JPEG, PNG, TIFF, DICOM) or folders")
-    p.add_argument("--model", help="model bundle (default: the shipped default model)")
+    p.add_argument("--model", help="model bundle, or your own Keras model file with --classes (default: the shipped default model)")
     p.add_argument("--json", help="also write the predictions to this JSON file")
     p.add_argument("--raw", action="store_true", help="raw probabilities, without temperature scaling")
     p.add_argument("--batch-size", type=int, default=32)
+    add_model_options(p)
 
 
 def main(args: argparse.Namespace) -> int:
     from xai_bt.data.decode import iter_image_files
     from xai_bt.io.predict_files import predict_files
-    from xai_bt.model.bundle import BundleError, default_model_path, load_model
+    from xai_bt.model.bundle import BundleError, default_model_path
 
     files = iter_image_files(args.inputs)
     missing = [p for p in args.inputs if not Path(p).exists()]
@@ -39,8 +40,8 @@ def main(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         return fail(f"--batch-size must be at least 1, got {args.batch_size}")
     try:
-        bundle = load_model(args.model or default_model_path())
-    except BundleError as e:
+        bundle = load_bundle(args.model or default_model_path(), args)
+    except (BundleError, UsageError) as e:
         return fail(str(e))
     result = predict_files(bundle, files, batch_size=args.batch_size, calibrated=not args.raw, on_scan=print_row)
     if args.json:

@@ -11,25 +11,26 @@ import argparse
 import sys
 from pathlib import Path
 
-from xai_bt.cli._common import fail
+from xai_bt.cli._common import add_model_options, fail
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="scan files (JPEG, PNG, TIFF, DICOM) or folders")
     p.add_argument("--out", required=True, help="the HTML file to write, e.g. report.html")
-    p.add_argument("--model", help="model bundle (default: the shipped default model)")
+    p.add_argument("--model", help="model bundle, or your own Keras model file with --classes (default: the shipped default model)")
     p.add_argument("--view-model", help="view (plane) classifier bundle, for single-stage models")
     p.add_argument("--methods", default="gradcam,layercam",
                    help="comma-separated methods, or 'all' (default: gradcam,layercam)")
     p.add_argument("--top-k", type=float, default=0.1, help="fraction of pixels outlined per map (default: 0.1)")
     p.add_argument("--title", default="xai_bt review report", help="page title")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    add_model_options(p)
 
 
 def main(args: argparse.Namespace) -> int:
-    from xai_bt.cli._common import UsageError, check_numbers, parse_methods
+    from xai_bt.cli._common import UsageError, check_numbers, load_bundle, parse_methods
     from xai_bt.data.decode import iter_image_files
-    from xai_bt.model.bundle import BundleError, default_model_path, load_model, load_view_model
+    from xai_bt.model.bundle import BundleError, default_model_path, load_view_model
 
     out = Path(args.out)
     try:
@@ -45,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
         files = iter_image_files(args.inputs)
         if not files:
             raise UsageError(f"no scan files found in {' '.join(args.inputs)}")
-        bundle = load_model(args.model or default_model_path())
+        bundle = load_bundle(args.model or default_model_path(), args)
         view_bundle = load_view_model(args.view_model) if args.view_model else None
     except (UsageError, BundleError) as e:
         return fail(str(e))

@@ -16,7 +16,14 @@ import numpy as np
 
 from xai_bt.data.sample import Sample
 from xai_bt.data.twins import TWIN_THRESHOLD, TWIN_TRANSFORMS
-from xai_bt.model.provenance import is_training_dataset, relative_path, rows_of, split_table, training_root
+from xai_bt.model.provenance import (
+    declared_training_rows,
+    is_training_dataset,
+    relative_path,
+    rows_of,
+    split_table,
+    training_root,
+)
 
 
 def evaluation_samples(bundle, samples: Sequence[Sample], data: str,
@@ -28,6 +35,8 @@ def evaluation_samples(bundle, samples: Sequence[Sample], data: str,
     table = split_table(bundle)
     root = training_root(bundle, train_data, data)
     trained = [s for s in rows_of(bundle, root, ("train", "val")) if Path(s.path).is_file()] if root else []
+    if not table and train_data:  # an imported model: its user says what it learnt from
+        trained = declared_training_rows(train_data)
     if is_training_dataset(bundle, data):
         own = [s for s in samples if table.get(relative_path(s.path, data)) == "test"]
         if own:
@@ -70,10 +79,13 @@ def evaluate_bundle(model, data: str, threshold: float = TWIN_THRESHOLD, batch_s
     from xai_bt.data.datasets import load_dataset
     from xai_bt.data.splits import leakage_free, max_similarity
     from xai_bt.evaluation.metrics import accuracy_ci, classification_report_dict
-    from xai_bt.model.bundle import Bundle, load_model, write_config
+    from xai_bt.model.bundle import BUNDLE_FILE, Bundle, load_model, write_config
     from xai_bt.model.card import write_model_card
 
     bundle = model if isinstance(model, Bundle) else load_model(model)
+    if write and not (bundle.path / BUNDLE_FILE).is_file():
+        raise ValueError(f"{bundle.path}: --update-card stores metrics in a bundle folder; import the model "
+                         "first (python -m xai_bt import-model FILE --classes ... --out models/NAME)")
     samples = load_dataset(data)
     test, trained, description = evaluation_samples(bundle, samples, data, train_data)
     y = labels_for(bundle, test)
@@ -86,8 +98,8 @@ def evaluate_bundle(model, data: str, threshold: float = TWIN_THRESHOLD, batch_s
     if trained:
         sims = max_similarity(test, trained)
         free = np.array(leakage_free(test, trained, threshold=threshold, similarity=sims))
-    else:
-        sims, free = np.full(len(test), np.nan), np.ones(len(test), bool)
+    else:  # nothing known it learnt from: no leakage-free part (it would only repeat the official one)
+        sims, free = np.full(len(test), np.nan), np.zeros(len(test), bool)
     names = list(bundle.class_names)
     results: dict[str, Any] = {
         "model": str(bundle.path), "data": str(data), "test_set": description, "calibrated": calibrated,
@@ -95,6 +107,9 @@ def evaluate_bundle(model, data: str, threshold: float = TWIN_THRESHOLD, batch_s
         "twin_transforms": list(TWIN_TRANSFORMS),
         "n_unreadable": len(errors), "reference_scans": len(trained),
     }
+    if not trained:
+        results["leakage_note"] = ("the scans the model learnt from are unknown, so test scans with a twin "
+                                   "among them cannot be left out: no leakage-free result (pass --train-data ROOT)")
     for part, mask in (("official", np.ones(len(test), bool)), ("leakage_free", free)):
         if mask.sum() == 0:
             continue
@@ -102,7 +117,7 @@ def evaluate_bundle(model, data: str, threshold: float = TWIN_THRESHOLD, batch_s
         report["accuracy_ci"] = accuracy_ci(y[mask], pred.probabilities[mask])
         results[part] = report
     results["predictions"] = [
-        {"path": s.path, "true": names[t], "pred": names[int(p.argmax())], "leakage_free": bool(f),
+        {"path": s.path, "true": names[t], "pred": names[int(p.argmax())], "leakage_free": bool(f) if trained else None,
          "max_similarity_to_training": None if np.isnan(r) else round(float(r), 4),
          **{f"p_{c}": round(float(v), 6) for c, v in zip(names, p)}}
         for s, t, p, f, r in zip(test, y, pred.probabilities, free, sims)
@@ -165,6 +180,8 @@ def summary_text(results: dict[str, Any]) -> str:
         for c, pc in r["per_class"].items():
             lines.append(f"      {c:12s} " + "  ".join(f"{k} {_num(pc[k])}" for k in ("precision", "recall", "specificity"))
                          + f"  F1 {_num(pc['f1'])}  n={pc['support']}")
+    if results.get("leakage_note"):
+        lines.append(f"  leakage-free: none; {results['leakage_note']}")
     return "\n".join(lines)
 
 

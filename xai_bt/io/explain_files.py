@@ -114,11 +114,13 @@ def check_formats(formats: Sequence[str] | str) -> list[str]:
 
 
 def check_layer(bundle, layer: str | None) -> None:
-    """`layer` (the CAM layer) must name a layer of the bundle's network; ValueError otherwise."""
+    """`layer` (the CAM layer: a path such as `backbone/out_relu`, or a unique tail of one) must name a
+    spatial layer of the bundle's network; ValueError otherwise."""
     if layer is None:
         return
-    if layer not in [lay.name for lay in bundle.model.layers]:
-        raise ValueError(f"unknown layer {layer!r}; the model's last conv layer is {bundle.last_conv_layer!r}")
+    from xai_bt.model.provenance import cam_layer
+
+    cam_layer(bundle, bundle.model, layer)
 
 
 def resolve_target(name: str | None, class_names: Sequence[str]) -> str | None:

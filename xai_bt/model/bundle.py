@@ -295,6 +295,10 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     if not p.exists():
         raise BundleError(f"{p}: no such model bundle")
     if p.is_file():
+        if p.suffix.lower() in (".keras", ".h5", ".hdf5") and not (p.parent / BUNDLE_FILE).is_file():
+            raise BundleError(f"{p}: a Keras model file, not an xai_bt bundle: give its classes in output order "
+                              "(--classes a,b,c,d; load_model(path, classes=...)) or import it once with "
+                              "`python -m xai_bt import-model`")
         if p.name == BUNDLE_FILE or p.suffix == ".keras":
             p = p.parent
         else:
@@ -320,10 +324,19 @@ def bundle_dir(path: str | os.PathLike) -> Path:
     return p.parent if p.is_file() else p
 
 
-def load_model(path: str | os.PathLike) -> Bundle:
-    """Load a model bundle (a folder, or any file inside it) for prediction and explanation."""
+def load_model(path: str | os.PathLike, classes: str | Sequence[str] | None = None, **import_options: Any) -> Bundle:
+    """Load a model bundle (a folder, or any file inside it) for prediction and explanation. A Keras model
+    file of your own (`.keras`, `.h5`) loads with its `classes` in output order, wrapped in memory by
+    `xai_bt.model.imported.import_model` (`import_options`: pixel_scale, image_size, crop_to_head)."""
     import keras
 
+    if classes is not None or import_options:
+        from xai_bt.model.imported import import_model, is_model_file
+
+        if not is_model_file(path):
+            raise BundleError(f"{path}: classes and input options are for a Keras model file (.keras, .h5); "
+                              "a bundle records its own")
+        return import_model(path, classes if classes is not None else (), **import_options)
     config = read_config(path)
     root = bundle_dir(path)
     networks = {}

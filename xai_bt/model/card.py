@@ -57,6 +57,8 @@ def render_model_card(config: dict[str, Any]) -> str:
               f"- **Test-time augmentation**: {config.get('tta', 'none')}"
               + (" (logits averaged over the scan and its left-right mirror; heatmaps explain the "
                  "un-flipped pass)" if config.get("tta") == "hflip" else "")]
+    if config.get("imported"):
+        lines += _imported_lines(config["imported"], config)
     if tr:
         hw = tr.get("hardware", {})
         lines += ["", "## Training", "",
@@ -98,6 +100,25 @@ def render_model_card(config: dict[str, Any]) -> str:
         lines += ["", f"Reproduce: `python -m xai_bt evaluate {config.get('name')} --data {data}` "
                       "(from the bundle's parent folder, with the dataset at that path)."]
     return "\n".join(lines) + "\n"
+
+
+def _imported_lines(rec: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """What an imported model is, what was given about it and what xai_bt assumed."""
+    def how(key: str) -> str:
+        return "**assumed**, not given" if key in rec.get("assumed", ()) else "given"
+    inp = rec["input"]
+    rgb = "each grayscale scan repeated to 3 channels" if inp["channels"] == 3 else "grayscale, 1 channel"
+    return ["", "## Imported model", "",
+            f"- **Source**: `{rec['source_name']}` ({rec['file_format']} file, Keras model `{rec['source_model']}`, "
+            f"sha256 `{rec['sha256'][:16]}...`), wrapped unchanged as one nested layer; loaded in safe mode",
+            f"- **Input**: {inp['size']} x {inp['size']} px ({'read from the model' if inp['size_from'] == 'model' else 'given'}), {rgb}",
+            f"- **Pixel scaling**: `{rec['pixel_scale']}`: {rec['pixel_scale_means']} ({how('pixel_scale')})",
+            f"- **Head cropping**: {'on' if config['preprocessing'].get('crop_to_head') else 'off'} ({how('crop_to_head')})",
+            f"- **Classes** (output order, given): {', '.join(rec['given_classes'])}",
+            f"- **Explained score**: {rec['score']}",
+            "- **Training data**: unknown to xai_bt. Its test numbers leak if the test scans have twins among its "
+            "training scans: `evaluate --train-data ROOT` (and `audit --train-data ROOT`) name what it learnt "
+            "from, so the leakage-free subset leaves their twins out, mirrored ones included"]
 
 
 def training_command(tc: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 from xai_bt.data.sample import Sample
 
-__all__ = ["split_table", "recorded_root", "is_training_dataset", "training_root", "rows_of", "relative_path", "decision_network",
+__all__ = ["split_table", "recorded_root", "is_training_dataset", "training_root", "rows_of", "declared_training_rows", "explained_score", "relative_path", "decision_network",
            "network_classes", "cam_layer", "spatial_layers", "default_layer"]
 
 
@@ -59,6 +59,24 @@ def rows_of(bundle, root: str, parts: tuple[str, ...] = ("train",)) -> list[Samp
     return [Sample(path=os.path.join(root, rel)) for rel, part in split_table(bundle).items() if part in parts]
 
 
+def declared_training_rows(root: str) -> list[Sample]:
+    """The scans a model without split.csv (an imported one) learnt from, as its user declares with
+    `--train-data ROOT`: the training split of a dataset with one (Training/ of the benchmark), else every
+    scan under ROOT. Twins are then found against all of them, as they are and mirrored."""
+    from xai_bt.data.datasets import load_dataset
+
+    samples = load_dataset(root)
+    trained = [s for s in samples if s.split == "train"]
+    return trained or list(samples)
+
+
+def explained_score(bundle) -> str:
+    """Which class score every method explains: the pre-softmax `logits` layer of an xai_bt network, or for an
+    imported model what import found (its softmax removed, or an output that already was logits)."""
+    imported = bundle.config.get("imported") or {}
+    return imported.get("score") or "pre-softmax logits (the network's `logits` layer)"
+
+
 def decision_network(bundle, class_name: str | None = None) -> str:
     """The network whose score decides `class_name`: "model", or for a cascade stage 1 for no tumor and
     stage 2 for a tumor type (the class a heatmap explains picks the stage)."""
@@ -75,21 +93,22 @@ def network_classes(bundle, name: str) -> tuple[str, ...]:
 
 
 def cam_layer(bundle, net: Any, layer: str | None = None) -> str:
-    """The CAM layer of `net`: `layer` (checked), else the bundle's last conv layer when `net` has it, else
-    the network's last spatial layer."""
+    """The CAM layer of `net` as a full path: `layer` (a path or a unique tail of one, checked), else the
+    bundle's last conv layer when `net` has it, else the network's last spatial layer."""
+    from xai_bt.model.layers import resolve
+
     spatial = spatial_layers(net)
     if layer is not None:
-        if layer not in spatial:
-            raise ValueError(f"{layer!r} is not a spatial layer of the model; e.g. {', '.join(spatial[-5:])}")
-        return layer
+        return resolve(net, layer, spatial)
     return bundle.last_conv_layer if bundle.last_conv_layer in spatial else default_layer(net)
 
 
 def spatial_layers(model) -> list[str]:
-    """Names of the layers with a (N, H, W, C) output, input side first: the candidates for `layer`."""
-    names = {inp.name for inp in model.inputs}
-    return [layer.name for layer in model.layers
-            if layer.name not in names and len(getattr(layer.output, "shape", ())) == 4]
+    """Paths of the layers with a (N, H, W, C) output, nested models' layers included (`backbone/out_relu`),
+    input side first: the candidates for `layer`."""
+    from xai_bt.model.layers import spatial_layer_shapes
+
+    return [path for path, _ in spatial_layer_shapes(model)]
 
 
 def default_layer(model) -> str:
