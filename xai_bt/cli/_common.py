@@ -130,11 +130,11 @@ def load_bundle(path, args: argparse.Namespace):
              if getattr(args, k, None) is not None]
     if is_model_file(path):
         if getattr(args, "classes", None) is None:
-            raise BundleError(f"{path}: a Keras model file, not an xai_bt bundle: pass --classes with its classes in "
+            raise BundleError(f"{path}: a Keras model, not an xai_bt bundle: pass --classes with its classes in "
                               "output order (e.g. --classes glioma,meningioma,no_tumor,pituitary)")
         return import_model(path, args.classes, pixel_scale=args.pixel_scale, image_size=args.input_size,
                             crop_to_head=args.crop_to_head)
     if given:
-        raise UsageError(f"{given[0]} is for a Keras model file (.keras, .h5); the bundle {path} "
+        raise UsageError(f"{given[0]} is for a Keras model file (.keras, .h5, SavedModel); the bundle {path} "
                          "records its classes and preprocessing")
     return load_model(path)

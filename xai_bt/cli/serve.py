@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from xai_bt.cli._common import fail
+from xai_bt.cli._common import UsageError, add_model_options, fail, load_bundle
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="reviews", help="folder for the saved review pages (default: reviews/)")
     p.add_argument("--max-upload-mb", type=float, default=20, help="largest upload accepted (default: 20 MB)")
     p.add_argument("--no-preload", action="store_true", help="load the default model on first use, not at start")
+    p.add_argument("--model", help="also offer this model, first and as the default: a bundle folder, or your own "
+                                   "Keras model file with --classes")
+    add_model_options(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -31,10 +34,12 @@ def main(args: argparse.Namespace) -> int:
         return fail(f"--max-upload-mb must be in (0, 1024], got {args.max_upload_mb}")
     try:
         app = make_app(models_dir, args.out, int(args.max_upload_mb * 1024 * 1024))
-        if not args.no_preload:
+        if args.model:
+            app.add(load_bundle(args.model, args), args.model)
+        elif not args.no_preload:
             app.bundle(app.default_model)
         server = make_server(app, args.host, args.port)
-    except (ValueError, BundleError, OSError) as e:   # BundleError is a ValueError; OSError: port taken
+    except (ValueError, BundleError, UsageError, OSError) as e:   # BundleError is a ValueError; OSError: port taken
         return fail(str(e))
     host, port = server.server_address[:2]
     if args.host not in ("127.0.0.1", "localhost", "::1"):

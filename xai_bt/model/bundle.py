@@ -305,7 +305,9 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
             raise BundleError(f"{p}: not an xai_bt model bundle (expected a folder with {BUNDLE_FILE})")
     cfg_path = p / BUNDLE_FILE
     if not cfg_path.is_file():
-        raise BundleError(f"{p}: not an xai_bt model bundle (no {BUNDLE_FILE})")
+        hint = "; a SavedModel: give its classes in output order (--classes a,b,c,d)" \
+            if (p / "saved_model.pb").is_file() else ""
+        raise BundleError(f"{p}: not an xai_bt model bundle (no {BUNDLE_FILE}){hint}")
     try:
         config = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

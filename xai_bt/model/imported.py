@@ -14,6 +14,7 @@ refused without being run.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from xai_bt.model.bundle import FORMAT, FORMAT_VERSION, Bundle, BundleError, save_bundle
+from xai_bt.model.layers import ADAPTER
 from xai_bt.model.preprocessing import Preprocessing
 
 #: pixel scalings a model may expect, as (what it means, Rescaling scale, offset, per-channel mean, std);
@@ -41,9 +43,17 @@ _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
+def is_saved_model(path: str | os.PathLike) -> bool:
+    """A TensorFlow SavedModel folder (saved_model.pb inside), e.g. from `model.export(...)`."""
+    return Path(path).is_dir() and (Path(path) / "saved_model.pb").is_file()
+
+
 def is_model_file(path: str | os.PathLike) -> bool:
-    """A Keras model file (`.keras`, `.h5`) that is not one of an xai_bt bundle's own networks."""
+    """A Keras model file (`.keras`, `.h5`) that is not one of an xai_bt bundle's own networks, or a
+    SavedModel folder."""
     p = Path(path)
+    if is_saved_model(p):
+        return not (p / "bundle.json").is_file()
     if p.suffix.lower() not in MODEL_SUFFIXES:
         return False
     return not (p.parent / "bundle.json").is_file()
@@ -151,6 +161,8 @@ def load_keras_file(path: str | os.PathLike):
     import keras
 
     p = Path(path)
+    if is_saved_model(p):
+        return load_saved_model(p)
     if p.is_dir():
         raise BundleError(f"{p}: a folder that is neither an xai_bt bundle (bundle.json) nor a Keras model "
                           "file; save the model with model.save('my_model.keras') and pass that file")
@@ -175,6 +187,40 @@ def load_keras_file(path: str | os.PathLike):
     return model
 
 
+def load_saved_model(path: Path):
+    """A SavedModel folder as a Keras model: its serving signature in a TFSMLayer. It runs the stored
+    TensorFlow graph (no Python), exposes no inner layers (no CAM methods) and no activation to remove."""
+    import keras
+    import tensorflow as tf
+
+    try:
+        signature = tf.saved_model.load(str(path)).signatures.get("serving_default")
+    except Exception as e:  # tensorflow raises many types for a damaged folder
+        raise BundleError(f"{path}: cannot load the SavedModel ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+    if signature is None:
+        raise BundleError(f"{path}: the SavedModel has no 'serving_default' signature to call")
+    specs = list(signature.structured_input_signature[1].values())
+    outputs = list(signature.structured_outputs)
+    if len(specs) != 1 or len(outputs) != 1:
+        raise BundleError(f"{path}: the SavedModel takes {len(specs)} inputs and gives {len(outputs)} outputs; "
+                          "expected one image input and one output, the class scores")
+    layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default", name="saved_model")
+    inputs = keras.Input(tuple(specs[0].shape[1:]), name="image")
+    return keras.Model(inputs, layer(inputs)[outputs[0]], name=path.name)
+
+
+@functools.cache
+def _log_probabilities():
+    """A Keras layer log(p): the score of a model whose probabilities are all it gives (softmax(log p) = p)."""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="xai_bt")
+    class LogProbabilities(keras.layers.Layer):
+        def call(self, p):
+            return keras.ops.log(keras.ops.clip(p, 1e-12, 1.0))
+    return LogProbabilities
+
+
 # --- the score and the input adapter ------------------------------------------------------------------
 
 def _output_layer(model):
@@ -193,6 +239,8 @@ def expose_logits(model) -> tuple[Any, str]:
     import keras
 
     last = _output_layer(model)
+    if isinstance(last, keras.layers.TFSMLayer):
+        return _saved_model_score(model)
     activation = getattr(last, "activation", None)
     act_name = getattr(activation, "__name__", str(activation))
     if isinstance(last, keras.layers.Softmax) and last is model.layers[-1]:
@@ -209,25 +257,48 @@ def expose_logits(model) -> tuple[Any, str]:
                      "xai_bt explains single-label classifiers with a softmax or logit output")
 
 
+def _saved_model_score(model) -> tuple[Any, str]:
+    """A SavedModel's output is logits unless it looks like probabilities (>= 0, rows summing to 1 on
+    probe inputs); then its log is the score."""
+    import keras
+    import numpy as np
+
+    shape = tuple(int(s) if s is not None else 64 for s in model.inputs[0].shape[1:])
+    rng = np.random.default_rng(0)
+    probe = np.concatenate([np.zeros((1, *shape)), np.full((1, *shape), 0.5), rng.random((16, *shape))]).astype("float32")
+    out = np.asarray(model(probe, training=False))
+    if not np.allclose(out, np.asarray(model(probe, training=False)), rtol=1e-4, atol=1e-6):
+        raise ValueError("the SavedModel gives different outputs for the same input from call to call (random "
+                         "augmentation left active in its serving graph?); export it without the augmentation "
+                         "block, or give the .keras file")
+    if np.all(out >= 0) and np.allclose(out.sum(axis=1), 1.0, atol=1e-4):
+        score = _log_probabilities()(name="log_probabilities")(model.outputs[0])
+        return (keras.Model(model.inputs, score, name=model.name),
+                "log-probabilities (a SavedModel's output is a probability and its logits cannot be recovered; "
+                "softmax(log p) = p)")
+    return model, "the SavedModel's output, taken as logits (it is not a probability vector)"
+
+
 def adapter(x, channels: int, pixel_scale: str):
-    """Built-in Keras layers from xai_bt's grayscale [0, 255] input to what the model expects."""
+    """Built-in Keras layers from xai_bt's grayscale [0, 255] input to what the model expects (named
+    `xai_bt_input_*`, so they are never offered as CAM layers)."""
     import keras
 
     if channels == 3:
-        x = keras.layers.Concatenate(axis=-1, name="gray_to_rgb")([x, x, x])
+        x = keras.layers.Concatenate(axis=-1, name=f"{ADAPTER}gray_to_rgb")([x, x, x])
     elif channels != 1:
         raise ValueError(f"the model takes {channels} channels; xai_bt feeds grayscale (1) or RGB (3)")
     if pixel_scale == "0-1":
-        return keras.layers.Rescaling(1 / 255.0, name="scale_0_1")(x)
+        return keras.layers.Rescaling(1 / 255.0, name=f"{ADAPTER}scale_0_1")(x)
     if pixel_scale == "tf":
-        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale_tf")(x)
+        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name=f"{ADAPTER}scale_tf")(x)
     if pixel_scale == "imagenet":
-        x = keras.layers.Rescaling(1 / 255.0, name="scale_0_1")(x)
+        x = keras.layers.Rescaling(1 / 255.0, name=f"{ADAPTER}scale_0_1")(x)
         mean, std = (_IMAGENET_MEAN, _IMAGENET_STD) if channels == 3 else ((0.449,), (0.226,))
-        return keras.layers.Normalization(mean=list(mean), variance=[s * s for s in std], name="imagenet")(x)
+        return keras.layers.Normalization(mean=list(mean), variance=[s * s for s in std], name=f"{ADAPTER}imagenet")(x)
     if pixel_scale == "caffe":
         mean = _CAFFE_MEAN_BGR if channels == 3 else (sum(_CAFFE_MEAN_BGR) / 3,)
-        return keras.layers.Normalization(mean=list(mean), variance=[1.0] * channels, name="caffe")(x)
+        return keras.layers.Normalization(mean=list(mean), variance=[1.0] * channels, name=f"{ADAPTER}caffe")(x)
     return x
 
 
@@ -272,7 +343,7 @@ def import_model(path: str | os.PathLike, classes: str | Sequence[str], *, pixel
     """A researcher's `.keras` / `.h5` classifier as an xai_bt Bundle (in memory; saved to `out` with a
     model card when given). `classes` are in the model's output order. Unset options are assumed
     (pixel scaling 0-1, no head cropping, input size from the model) and the card says so."""
-    from xai_bt.model.provenance import default_layer
+    from xai_bt.model.provenance import default_layer, spatial_layers
 
     src = Path(path)
     names = read_class_names(classes)
@@ -288,14 +359,19 @@ def import_model(path: str | os.PathLike, classes: str | Sequence[str], *, pixel
         scale = pixel_scale_name(pixel_scale) if pixel_scale is not None else DEFAULT_PIXEL_SCALE
         model, score = expose_logits(model)
         network = wrap(model, side, channels, scale)
-        layer = default_layer(network)
+        layer = default_layer(network) if spatial_layers(network) else ""
     except ValueError as e:
         raise BundleError(f"{src}: {e}") from None
+    saved = is_saved_model(src)
+    if saved and out is not None:
+        raise BundleError(f"{src}: a SavedModel is used in place (--model {src}), not stored in a bundle; "
+                          "to import it, save the Keras model as .keras")
     pre = Preprocessing(image_size=side, crop_to_head=bool(crop_to_head))
     assumed = [k for k, v in (("pixel_scale", pixel_scale), ("crop_to_head", crop_to_head)) if v is None]
     record = {
         "source": str(src), "source_name": src.name, "sha256": _sha256(src),
-        "file_format": "keras" if zipfile.is_zipfile(src) else "h5", "source_model": model.name,
+        "file_format": "savedmodel" if saved else ("keras" if zipfile.is_zipfile(src) else "h5"),
+        "source_model": model.name,
         "input": {"size": side, "channels": channels, "size_from": "model" if image_size is None else "given"},
         "pixel_scale": scale, "pixel_scale_means": PIXEL_SCALES[scale], "score": score,
         "assumed": assumed, "given_classes": list(names),
@@ -315,8 +391,11 @@ def import_model(path: str | os.PathLike, classes: str | Sequence[str], *, pixel
 
 
 def _sha256(path: Path) -> str:
+    """Of the file, or of a SavedModel folder's saved_model.pb and variables, in name order."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()

@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 SEPARATOR = "/"
+#: name prefix of the input-adapter layers an imported model is wrapped in: not CAM candidates
+ADAPTER = "xai_bt_input_"
 
 
 def is_nested_model(layer: Any) -> bool:
@@ -29,7 +31,7 @@ def spatial_layer_shapes(model, prefix: str = "") -> list[tuple[str, tuple[int, 
     out: list[tuple[str, tuple[int, int, int]]] = []
     for layer in model.layers:
         path = f"{prefix}{layer.name}"
-        if isinstance(layer, keras.layers.InputLayer):
+        if isinstance(layer, keras.layers.InputLayer) or layer.name.startswith(ADAPTER):
             continue
         if is_nested_model(layer):
             out.extend(spatial_layer_shapes(layer, path + SEPARATOR))

@@ -115,5 +115,6 @@ def default_layer(model) -> str:
     """The last spatial layer: the CAM layer when none is named."""
     spatial = spatial_layers(model)
     if not spatial:
-        raise ValueError(f"model {model.name!r} has no spatial (N, H, W, C) layer for CAM methods")
+        raise ValueError(f"model {model.name!r} has no spatial (N, H, W, C) layer for CAM methods (a SavedModel "
+                         "shows none: give the .keras or .h5 file for CAMs; gradient and occlusion methods work)")
     return spatial[-1]

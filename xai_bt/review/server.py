@@ -66,6 +66,16 @@ class App:
             return self._cache[name]
 
 
+    def add(self, bundle, path: str | Path) -> str:
+        """Offer an already loaded bundle (a Keras model file wrapped in memory) first, as the default."""
+        name = bundle.name if bundle.name not in self.models else f"{bundle.name} ({Path(path).name})"
+        with self._load_lock:
+            self.models = {name: Path(path), **self.models}
+            self._cache[name] = bundle
+        self.default_model = name
+        return name
+
+
 def find_bundles(models_dir: str | Path) -> tuple[dict[str, Path], dict[str, Path]]:
     """Bundles in the sub-folders of `models_dir`: (tumor classifiers, view classifiers), by folder name."""
     from xai_bt.model.bundle import BundleError, read_config
