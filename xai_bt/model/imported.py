@@ -362,15 +362,15 @@ def import_model(path: str | os.PathLike, classes: str | Sequence[str], *, pixel
         layer = default_layer(network) if spatial_layers(network) else ""
     except ValueError as e:
         raise BundleError(f"{src}: {e}") from None
-    saved = is_saved_model(src)
-    if saved and out is not None:
+    folder = is_saved_model(src)
+    if folder and out is not None:
         raise BundleError(f"{src}: a SavedModel is used in place (--model {src}), not stored in a bundle; "
                           "to import it, save the Keras model as .keras")
     pre = Preprocessing(image_size=side, crop_to_head=bool(crop_to_head))
     assumed = [k for k, v in (("pixel_scale", pixel_scale), ("crop_to_head", crop_to_head)) if v is None]
     record = {
         "source": str(src), "source_name": src.name, "sha256": _sha256(src),
-        "file_format": "savedmodel" if saved else ("keras" if zipfile.is_zipfile(src) else "h5"),
+        "file_format": "savedmodel" if folder else ("keras" if zipfile.is_zipfile(src) else "h5"),
         "source_model": model.name,
         "input": {"size": side, "channels": channels, "size_from": "model" if image_size is None else "given"},
         "pixel_scale": scale, "pixel_scale_means": PIXEL_SCALES[scale], "score": score,
