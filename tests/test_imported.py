@@ -86,7 +86,8 @@ def test_nested_layers_are_listed_by_path_and_found_by_tail(files):
     paths = dict(spatial_layer_shapes(bundle.model))
     backbone = files["base"].name
     assert f"my_model/{backbone}/out_relu" in paths and paths[f"my_model/{backbone}/out_relu"] == (2, 2, 1280)
-    assert not any(p.endswith(("scan", "input_layer")) for p in paths)          # no input layer is a candidate
+    assert not any(p.endswith(("scan", "input_layer")) for p in paths)          # no input layer is a candidate,
+    assert not any("xai_bt_input_" in p or "augmentation/" in p for p in paths)  # nor adapter or augmentation
     assert bundle.last_conv_layer == f"my_model/{backbone}/out_relu"
     assert resolve(bundle.model, f"{backbone}/block_16_project") == f"my_model/{backbone}/block_16_project"
     assert resolve(bundle.model, "out_relu") == f"my_model/{backbone}/out_relu"
@@ -305,3 +306,26 @@ def test_a_saved_model_that_answers_differently_each_call_is_refused(tmp_path, c
     assert cli.main(["predict", SCAN, "--model", str(tmp_path / "augmenting"), "--classes", CLASSES]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "augmenting: the SavedModel gives different outputs" in err[0]
+
+
+def test_the_randomisation_cascade_steps_into_the_nested_backbone(files):
+    """The sanity check re-draws the backbone block by block, not the whole nested model in one step."""
+    from xai_bt.attribution.explain import explain_batch
+    from xai_bt.audit.measure import cascade_layers
+    from xai_bt.audit.randomisation import randomisation_test
+    from xai_bt.model.imported import import_model
+
+    bundle = import_model(files["keras"], CLASSES)
+    backbone = f"my_model/{files['base'].name}"
+    steps = cascade_layers(bundle.model)
+    assert steps[0] == "my_model/predictions" and steps[1] == f"{backbone}/Conv_1"
+    assert f"{backbone}/block_16_expand" in steps and len(steps) > 15          # a step per block
+    x, targets = _scans(2), np.array([1, 2])
+
+    def gradcam(model, xb, t):
+        return explain_batch(model, xb, t, ["gradcam"], layer=bundle.last_conv_layer)["gradcam"]
+    before = np.asarray(files["model"].get_layer(files["base"].name).get_layer("Conv_1").get_weights()[0]).copy()
+    res = randomisation_test(bundle.model, gradcam, x, targets, layers=steps[:3])
+    assert [r["layer"] for r in res] == steps[:3]
+    assert res[-1]["spearman"] < 0.99                          # re-drawing backbone blocks changed the maps
+    np.testing.assert_array_equal(files["model"].get_layer(files["base"].name).get_layer("Conv_1").get_weights()[0], before)

@@ -10,7 +10,7 @@ import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 EXPECTED = ["01_quickstart", "02_train_and_compare", "03_explanation_gallery", "04_calibration_and_roc",
-            "05_focus_audit", "06_view_ablation", "07_paper_figures"]
+            "05_focus_audit", "06_view_ablation", "07_paper_figures", "08_your_own_model"]
 
 # absolute paths: POSIX roots of user, CI and data folders, home folders, Windows drives, file URLs
 ABSOLUTE = re.compile(r"""(?x)

@@ -110,9 +110,10 @@ def cascade_layers(keras_model) -> list[str]:
     `logits`, `top`, `stem`). Each step is the run's lowest layer, so the step randomises the whole block."""
     from xai_bt.audit.randomisation import weighted_layers
 
-    def key(name: str) -> str:
+    def key(path: str) -> str:  # the block of the layer's own name, within its nested model
+        parent, _, name = path.rpartition("/")
         match = re.match(r"[A-Za-z]+_?\d+", name)
-        return match.group(0).lower() if match else name.split("_")[0].lower()
+        return parent + "/" + (match.group(0).lower() if match else name.split("_")[0].lower())
 
     steps: list[str] = []
     last_key = None

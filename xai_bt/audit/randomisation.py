@@ -30,8 +30,11 @@ ExplainFn = Callable[[Any, np.ndarray, np.ndarray], np.ndarray]
 
 
 def weighted_layers(keras_model) -> list[str]:
-    """Names of the layers that hold weights, top (output side) first: the default randomisation steps."""
-    return [layer.name for layer in reversed(keras_model.layers) if layer.weights]
+    """Paths of the layers that hold weights, top (output side) first, inside nested models too
+    (`backbone/block_16_project`): the default randomisation steps."""
+    from xai_bt.model.layers import leaf_layers
+
+    return [path for path, layer in reversed(leaf_layers(keras_model)) if layer.weights]
 
 
 def _seed_initialisers(config: Any, rng: np.random.Generator) -> Any:
@@ -91,15 +94,18 @@ def randomisation_test(keras_model, explain_fn: ExplainFn, x: np.ndarray, target
     ``layers`` are the steps, top-down: at the step for layer L, every weighted layer from the output
     down to L (in ``keras_model.layers`` order) has been re-initialised. The default is every weighted
     layer (one step each); pass block names for a coarser, cheaper cascade on deep models (explain_fn
-    runs once per step plus once on the trained model). A nested sub-model counts as one layer. The
-    model itself is never modified: a clone is randomised.
+    runs once per step plus once on the trained model). Layers are paths: a nested backbone's layers
+    are steps of their own (`backbone/block_16_project`). The model itself is never modified: a clone
+    is randomised.
 
     Returns one dict per step: ``{"layer", "spearman", "ssim"}`` (means over images, NaN-skipping) plus
     ``"spearman_per_image"`` and ``"ssim_per_image"`` lists.
     """
+    from xai_bt.model.layers import get_layer, leaf_layers
+
     x = np.asarray(x)
     targets = np.asarray(targets)
-    order = [layer.name for layer in keras_model.layers]
+    order = [path for path, _ in leaf_layers(keras_model)]
     steps = weighted_layers(keras_model) if layers is None else list(layers)
     unknown = [name for name in steps if name not in order]
     if unknown:
@@ -118,8 +124,8 @@ def randomisation_test(keras_model, explain_fn: ExplainFn, x: np.ndarray, target
     results, done = [], len(order)
     for name, pos in zip(steps, positions):
         for layer_name in order[pos:done]:
-            if working.get_layer(layer_name).weights:
-                working.get_layer(layer_name).set_weights(fresh.get_layer(layer_name).get_weights())
+            if get_layer(working, layer_name).weights:
+                get_layer(working, layer_name).set_weights(get_layer(fresh, layer_name).get_weights())
         done = pos
         rho, ssim = map_similarity(reference, np.asarray(explain_fn(working, x, targets)), absolute=absolute)
         results.append({"layer": name, "spearman": _nanmean(rho), "ssim": _nanmean(ssim),

@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                             "training rows (default)")
     which.add_argument("--all", dest="unseen_only", action="store_false",
                        help="every scan with a mask, including ones the model was trained on")
-    p.add_argument("--train-data", help="where the bundle's training data is now (default: the recorded path)")
+    p.add_argument("--train-data", help="where the bundle's training data is now (default: the recorded path); "
+                                        "for your own Keras model, what it learnt from")
     add_threshold(p, "the unseen selection")
     p.add_argument("--tolerance", type=float, help="pointing-game tolerance in pixels at model resolution "
                                                    "(default: 3%% of the input side)")
@@ -78,7 +79,9 @@ def main(args: argparse.Namespace) -> int:
         paths = write_audit(result, args.out, overwrite=args.overwrite, command=command_line(args))
     except (UsageError, BundleError, FileExistsError, FileNotFoundError, ValueError) as e:
         hint = (" (pass --train-data ROOT, or --all to audit every scan)"
-                if "split.csv" in str(e) or "training data" in str(e) else "")
+                if "split.csv" in str(e) or "training data" in str(e) else
+                " (every one has a twin among the training scans; --all audits them anyway)"
+                if "unseen in training" in str(e) else "")
         return fail(f"{e}{hint}")
     _print_summary(result.summary)
     print(f"wrote {', '.join(str(p) for p in paths)} in {time.perf_counter() - start:.0f} s")
@@ -121,11 +124,14 @@ def _streamed(args: argparse.Namespace, config: AuditConfig, start: float) -> in
 def command_line(args: argparse.Namespace) -> str:
     """The audit as one shell command, every option spelled out (recorded in summary.json)."""
     words = ["python", "-m", "xai_bt", "audit", args.model, "--data", args.data]
-    for name in ("masks", "boxes", "methods", "layer", "target", "limit", "train_data", "threshold",
-                 "tolerance", "faithfulness", "sanity", "gallery", "batch_size", "seed", "out"):
+    for name in ("classes", "pixel_scale", "input_size", "masks", "boxes", "methods", "layer", "target", "limit",
+                 "train_data", "threshold", "tolerance", "faithfulness", "sanity", "gallery", "batch_size", "seed",
+                 "out"):
         value = getattr(args, name)
         if value not in (None, 0):
             words += [f"--{name.replace('_', '-')}", str(value)]
+    if getattr(args, "crop_to_head", None) is not None:
+        words.append("--crop-to-head" if args.crop_to_head else "--no-crop-to-head")
     words.append("--unseen-only" if args.unseen_only else "--all")
     if getattr(args, "stream", False) or getattr(args, "resume", False) or getattr(args, "shard", None):
         words.append("--stream")

@@ -11,8 +11,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset root")
     p.add_argument("--out", help="write metrics.json, metrics.csv and predictions.csv to this folder")
     add_threshold(p, "the leakage-free set")
-    p.add_argument("--train-data", help="where the model's training data is now, if it moved "
-                                        "(for the leakage check; default: the path recorded at training)")
+    p.add_argument("--train-data", help="for the leakage check: where the bundle's training data is now, if it "
+                                        "moved (default: the path recorded at training); for your own Keras "
+                                        "model, what it learnt from (a dataset's training split, or a folder)")
     p.add_argument("--raw", action="store_true", help="without temperature scaling")
     p.add_argument("--update-card", action="store_true", help="store the metrics in the bundle and its card")
     p.add_argument("--overwrite", action="store_true", help="replace existing files in --out")

@@ -115,8 +115,9 @@ class Bundle:
         return self.config["last_conv_layer"]
 
     def __repr__(self) -> str:
+        source = self.config.get("imported", {}).get("source_name")
         return (f"Bundle({self.name!r}, kind={self.kind}, classes={list(self.class_names)}, "
-                f"input={self.preprocessing.image_size}px)")
+                f"input={self.preprocessing.image_size}px{f', imported from {source}' if source else ''})")
 
     # --- input -------------------------------------------------------------------------------------
     def prepare(self, images: Sequence[ImageLike] | ImageLike) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Transfer-learning code nests its backbone as one layer of the outer model (`x = base(x)`), so the
 backbone's conv layers are not in the outer graph and `keras.Model(outer.inputs, inner.output)` fails
-with "Graph disconnected" (tf-keras-vis issues 63 and 71, tensorflow#44462, keras#16355). Here a layer
+("Graph disconnected" in Keras 2, "Output ... is not connected to `inputs`" in Keras 3; tf-keras-vis
+issues 63 and 71, tensorflow#44462, keras#16355). Here a layer
 is named by its path, `backbone/block_16_project`, and its pass is built from pieces that are each
 connected: the outer graph up to the nested model's input, the nested model up to the layer and its own
 output, and the outer graph from the nested model's output to the score.
@@ -23,6 +24,24 @@ def is_nested_model(layer: Any) -> bool:
     return isinstance(layer, keras.Model) and hasattr(layer, "layers")
 
 
+def leaf_layers(model, prefix: str = "") -> list[tuple[str, Any]]:
+    """(path, layer) of every layer that is not itself a model, nested models' layers included, input side
+    first: what "every layer" means for a network with a nested backbone."""
+    out: list[tuple[str, Any]] = []
+    for layer in model.layers:
+        path = f"{prefix}{layer.name}"
+        out.extend(leaf_layers(layer, path + SEPARATOR) if is_nested_model(layer) else [(path, layer)])
+    return out
+
+
+def get_layer(model, path: str):
+    """The layer at `path` (`backbone/block_16_project`; a plain name is a top-level layer)."""
+    layer = model
+    for part in path.split(SEPARATOR):
+        layer = layer.get_layer(part)
+    return layer
+
+
 def spatial_layer_shapes(model, prefix: str = "") -> list[tuple[str, tuple[int, int, int]]]:
     """(path, (h, w, channels)) of every layer with an (N, H, W, C) output, nested models' layers
     included (the nested model itself is not listed: its output is its last layer's), input side first."""
@@ -31,7 +50,7 @@ def spatial_layer_shapes(model, prefix: str = "") -> list[tuple[str, tuple[int, 
     out: list[tuple[str, tuple[int, int, int]]] = []
     for layer in model.layers:
         path = f"{prefix}{layer.name}"
-        if isinstance(layer, keras.layers.InputLayer) or layer.name.startswith(ADAPTER):
+        if isinstance(layer, keras.layers.InputLayer) or layer.name.startswith(ADAPTER) or _is_preprocessing(layer):
             continue
         if is_nested_model(layer):
             out.extend(spatial_layer_shapes(layer, path + SEPARATOR))
@@ -43,6 +62,15 @@ def spatial_layer_shapes(model, prefix: str = "") -> list[tuple[str, tuple[int, 
         if len(shape) == 4:
             out.append((path, tuple(int(s) if s is not None else -1 for s in shape[1:])))  # type: ignore[arg-type]
     return out
+
+
+def _is_preprocessing(layer: Any) -> bool:
+    """Input preprocessing and augmentation (Rescaling, Resizing, RandomFlip, ...): spatial, but a CAM there
+    only repeats the input, so they are not offered as CAM layers."""
+    import keras
+
+    fixed = (keras.layers.Rescaling, keras.layers.Resizing, keras.layers.Normalization, keras.layers.CenterCrop)
+    return isinstance(layer, fixed) or type(layer).__name__.startswith("Random")
 
 
 def resolve(model, name: str, candidates: list[str] | None = None) -> str:
