@@ -329,3 +329,16 @@ def test_the_randomisation_cascade_steps_into_the_nested_backbone(files):
     assert [r["layer"] for r in res] == steps[:3]
     assert res[-1]["spearman"] < 0.99                          # re-drawing backbone blocks changed the maps
     np.testing.assert_array_equal(files["model"].get_layer(files["base"].name).get_layer("Conv_1").get_weights()[0], before)
+
+
+def test_calibrate_an_imported_bundle_on_declared_validation_scans(files, tiny_benchmark, tmp_path, capsys):
+    from xai_bt.model.bundle import load_model
+
+    out = tmp_path / "mine"
+    assert cli.main(["import-model", str(files["keras"]), "--classes", CLASSES, "--out", str(out)]) == 0
+    held_out = tiny_benchmark / "Testing"                  # stands in for the user's own validation folder
+    assert cli.main(["calibrate", str(out), "--data", str(held_out), "--train-data", str(tiny_benchmark)]) == 0
+    record = load_model(out).config["calibration"]
+    assert record["fitted_on"].startswith(f"every scan under {held_out}, declared held out, without twins")
+    assert record["n_val"] + record["n_val_twins_left_out"] == 12 and record["temperature"] > 0
+    assert "Temperature" in (out / "MODEL_CARD.md").read_text()

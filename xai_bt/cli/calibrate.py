@@ -14,7 +14,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model bundle folder (import your own Keras model first: xai_bt import-model)")
     p.add_argument("--data", required=True,
                    help="the model's training data root (split.csv paths are relative to it); only the "
-                        "rows with split 'val' are used")
+                        "rows with split 'val' are used. For an imported model: a folder of held-out "
+                        "validation scans (never trained on, not the test set), all of which are used")
+    p.add_argument("--train-data", help="an imported model's training scans: validation scans with a twin "
+                                        "among them are left out")
     p.add_argument("--overwrite", action="store_true", help="refit and replace an existing temperature")
     p.add_argument("--bins", type=int, default=15, help="confidence bins for ECE/MCE (default 15)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -29,7 +32,7 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         record = calibrate_bundle(args.model, args.data, overwrite=args.overwrite, batch_size=args.batch_size,
-                                  n_bins=args.bins, tta=args.tta)
+                                  n_bins=args.bins, tta=args.tta, train_data=args.train_data)
     except (BundleError, FileExistsError, ValueError, FileNotFoundError) as e:
         return fail(str(e))
     print(f"{args.model}: {record['method']}; test-time augmentation: {record['tta']}")

@@ -70,6 +70,27 @@ def fit_bundle_temperature(bundle, logits: dict[str, np.ndarray], y: np.ndarray)
 
 
 # --------------------------------------------------------------------------------------------- data
+def declared_validation(bundle, data: str | os.PathLike, train_data: str | None,
+                        twin_free: bool = True) -> tuple[list, list[str], int]:
+    """An imported model's validation scans: every scan under ``data``, which its user declares held out
+    (never trained on, not the test set), less the twins of the scans under ``train_data`` when given."""
+    from xai_bt.data.datasets import load_dataset
+    from xai_bt.data.splits import leakage_free
+    from xai_bt.model.provenance import declared_training_rows
+
+    found = list(load_dataset(str(data)))
+    if not found:
+        raise ValueError(f"{data}: no scans to fit a temperature on")
+    n_twins = 0
+    if twin_free and train_data:
+        free = leakage_free(found, declared_training_rows(train_data))
+        n_twins = len(found) - sum(free)
+        found = [s for s, f in zip(found, free) if f]
+        if not found:
+            raise ValueError(f"{data}: every scan has a twin among the training scans under {train_data}")
+    return found, [], n_twins
+
+
 def validation_samples(bundle, data: str | os.PathLike, twin_free: bool = True) -> tuple[list, list[str], int]:
     """(validation scans found under ``data`` with labels from the dataset loader, relative paths missing,
     number left out as twins of training scans).
@@ -114,9 +135,12 @@ def _summary(report: dict[str, Any]) -> dict[str, float]:
 
 # --------------------------------------------------------------------------------------------- main
 def calibrate_bundle(model, data: str | os.PathLike, overwrite: bool = False, batch_size: int = 64,
-                     n_bins: int = 15, tta: str | None = None, twin_free: bool = True) -> dict[str, Any]:
+                     n_bins: int = 15, tta: str | None = None, twin_free: bool = True,
+                     train_data: str | None = None) -> dict[str, Any]:
     """Fit T on the bundle's validation rows (those with no twin among its training rows unless
-    ``twin_free`` is False), store ``temperature`` and ``calibration`` in bundle.json.
+    ``twin_free`` is False), store ``temperature`` and ``calibration`` in bundle.json. An imported model
+    has no split.csv: ``data`` is then a folder of held-out validation scans, less the twins of the scans
+    under ``train_data`` (what it learnt from) when given.
 
     ``tta`` ("none" or "hflip") sets the bundle's test-time augmentation first, so T is fitted on the
     logits the bundle will actually produce (the two are stored together).
@@ -143,7 +167,11 @@ def calibrate_bundle(model, data: str | os.PathLike, overwrite: bool = False, ba
     if tta is not None:
         bundle.config["tta"] = tta
         bundle.tta  # validates the mode
-    samples, missing, n_twins = validation_samples(bundle, data, twin_free)
+    from xai_bt.model.provenance import split_table
+
+    declared = bool(bundle.config.get("imported")) and not split_table(bundle)
+    samples, missing, n_twins = (declared_validation(bundle, data, train_data, twin_free) if declared
+                                 else validation_samples(bundle, data, twin_free))
     y = labels_for(bundle, samples)
     labelled = [i for i in range(len(samples)) if y[i] >= 0]
     samples, y = [samples[i] for i in labelled], y[labelled]
@@ -161,7 +189,10 @@ def calibrate_bundle(model, data: str | os.PathLike, overwrite: bool = False, ba
         "temperature": t,
         "method": "temperature scaling (Guo et al. 2017): T minimising the validation NLL"
                   + ("; one T shared by both cascade stages" if bundle.kind == "cascade" else ""),
-        "fitted_on": "rows with split 'val' in split.csv" + (
+        "fitted_on": (f"every scan under {data}, declared held out" + (
+            f", without twins of the scans under {train_data} (as they are, mirrored, flipped: xai_bt.data.twins)"
+            if twin_free and train_data else "; twins of its training scans not checked (no --train-data)"))
+        if declared else "rows with split 'val' in split.csv" + (
             ", without twins of its 'train' rows (as they are, mirrored, flipped: xai_bt.data.twins)" if twin_free else ""),
         "tta": bundle.tta,
         "data": str(data),
