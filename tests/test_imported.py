@@ -91,7 +91,7 @@ def test_nested_layers_are_listed_by_path_and_found_by_tail(files):
     assert bundle.last_conv_layer == f"my_model/{backbone}/out_relu"
     assert resolve(bundle.model, f"{backbone}/block_16_project") == f"my_model/{backbone}/block_16_project"
     assert resolve(bundle.model, "out_relu") == f"my_model/{backbone}/out_relu"
-    with pytest.raises(ValueError, match="not a spatial"):
+    with pytest.raises(ValueError, match="unknown layer 'no_such_layer': not a spatial"):
         resolve(bundle.model, "no_such_layer")
 
 
@@ -342,3 +342,20 @@ def test_calibrate_an_imported_bundle_on_declared_validation_scans(files, tiny_b
     assert record["fitted_on"].startswith(f"every scan under {held_out}, declared held out, without twins")
     assert record["n_val"] + record["n_val_twins_left_out"] == 12 and record["temperature"] > 0
     assert "Temperature" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_report_and_serve_take_a_model_file(files, tmp_path, capsys):
+    from xai_bt.model.imported import import_model
+    from xai_bt.review.server import make_app
+
+    page = tmp_path / "report.html"
+    assert cli.main(["report", SCAN, "--model", str(files["h5"]), "--classes", CLASSES, "--methods", "gradcam",
+                     "--out", str(page)]) == 0
+    html = page.read_text()
+    assert "Imported" in html and "my_model.h5" in html and "Explained score" in html and "softmax" in html
+    # serve --model: the file's model is offered first, as the default, next to the bundles of --models-dir
+    import_model(files["keras"], CLASSES, out=tmp_path / "models" / "bundled")
+    app = make_app(tmp_path / "models", tmp_path / "reviews")
+    name = app.add(import_model(files["h5"], CLASSES), files["h5"])
+    assert app.default_model == name == "my_model" and list(app.models) == ["my_model", "bundled"]
+    assert app.bundle(name).config["imported"]["file_format"] == "h5"

@@ -85,7 +85,7 @@ def resolve(model, name: str, candidates: list[str] | None = None) -> str:
     if len(tails) > 1:
         raise ValueError(f"layer {name!r} is ambiguous in model {model.name!r}: {', '.join(tails[:4])}; "
                          "give its full path")
-    raise ValueError(f"{name!r} is not a spatial (N, H, W, C) layer of model {model.name!r}; "
+    raise ValueError(f"unknown layer {name!r}: not a spatial (N, H, W, C) layer of model {model.name!r}; "
                      f"e.g. {', '.join(paths[-5:])} (`explain --list-layers` lists them all)")
 
 

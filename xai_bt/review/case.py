@@ -125,6 +125,10 @@ def model_summary(bundle) -> dict[str, Any]:
         "n_train": training.get("n_train"), "n_val": training.get("n_val"), "n_test": training.get("n_test"),
         "metrics": [],
     }
+    if cfg.get("imported"):
+        rec = cfg["imported"]
+        out["imported"] = {"source": rec.get("source_name"), "score": rec.get("score"),
+                           "assumed": list(rec.get("assumed") or ()), "pixel_scale": rec.get("pixel_scale")}
     for data, m in (cfg.get("metrics") or {}).items():
         row = {"data": data, "test_set": m.get("test_set")}
         for part in ("official", "leakage_free"):

@@ -71,6 +71,12 @@ def model_html(summary: dict[str, Any]) -> str:
             ("Classes", ", ".join(c.replace("_", " ") for c in summary["classes"]))]
     if summary.get("views"):
         rows.append(("Views (first stage)", ", ".join(summary["views"])))
+    if summary.get("imported"):
+        imp = summary["imported"]
+        assumed = ", ".join(a.replace("_", " ") for a in imp["assumed"])
+        rows.append(("Imported", f"your own Keras model {imp['source']} (pixel scale {imp['pixel_scale']}"
+                     + (f"; assumed, not given: {assumed}" if assumed else "") + ")"))
+        rows.append(("Explained score", imp["score"]))
     if summary.get("training_data"):
         counts = ", ".join(f"{summary[k]} {w}" for k, w in (("n_train", "training"), ("n_val", "validation"),
                                                               ("n_test", "test")) if summary.get(k) is not None)
