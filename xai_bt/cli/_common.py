@@ -107,7 +107,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     classes in output order and, where it cannot be read from the file, how it expects its input."""
     from xai_bt.model.imported import PIXEL_SCALES
 
-    g = p.add_argument_group("a Keras model file (.keras, .h5) instead of an xai_bt bundle")
+    g = p.add_argument_group("your own Keras model (.keras, .h5, SavedModel folder) instead of an xai_bt bundle")
     g.add_argument("--classes", metavar="A,B,...|FILE",
                    help="the model's classes in its output order, comma-separated or a labels file "
                         "(one per line); 'notumor' etc. are read as no_tumor")
