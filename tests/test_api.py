@@ -31,3 +31,21 @@ def test_explain_called_twice_through_the_package():
     second = xai_bt.explain(model, [scan], methods=["gradcam"])
     a, b = first[0].maps["gradcam"], second[0].maps["gradcam"]
     assert a.shape == (160, 160) and np.allclose(a, b)
+
+
+def test_the_command_line_help_needs_no_deep_learning_framework():
+    """`python -m xai_bt --help` and every command's --help build without importing Keras or TensorFlow."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from xai_bt import cli; cli.build_parser(); "
+            "print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_architecture_names_match_the_builders():
+    from xai_bt.model import ARCHITECTURE_NAMES
+    from xai_bt.model.architectures import ARCHITECTURES
+
+    assert tuple(ARCHITECTURES) == ARCHITECTURE_NAMES

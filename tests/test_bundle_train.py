@@ -173,6 +173,12 @@ def test_predict_cli_goes_on_past_bad_files(single, tmp_path, capsys):
     res = json.loads(out.read_text())
     assert len(res["results"]) == 2 and res["failures"][0]["path"].endswith("bad.jpg")
     assert cli.main(["predict", str(SAMPLES / "glioma.jpg"), "--model", str(tmp_path)]) == 2
+    # a missing path is a bad input like the others: the rest are predicted, it is listed, exit 1
+    capsys.readouterr()
+    code = cli.main(["predict", str(SAMPLES / "glioma.jpg"), str(tmp_path / "missing.jpg"), "--model", str(single)])
+    captured = capsys.readouterr()
+    assert code == 1 and "glioma.jpg: " in captured.out and "missing.jpg: no such file or folder" in captured.err
+    assert "1 of 2 files failed" in captured.err
 
 
 def test_split_table_reads_a_bundles_split_csv(tmp_path):

@@ -104,7 +104,7 @@ def test_never_overwrites_without_overwrite(tmp_path, capsys):
 
 def test_usage_errors(tmp_path, capsys):
     out = tmp_path / "report.html"
-    assert cli.main(["report", str(tmp_path / "missing.jpg"), "--out", str(out)]) == 2
+    assert cli.main(["report", str(tmp_path / "missing.jpg"), "--out", str(out)]) == 2   # nothing to review
     assert "missing.jpg: no such file or folder" in capsys.readouterr().err
     assert cli.main(["report", str(SAMPLES / "glioma.jpg"), "--methods", "magic", "--out", str(out)]) == 2
     assert "unknown method 'magic'" in capsys.readouterr().err
@@ -134,3 +134,12 @@ def test_review_scan_from_bytes(bundle):
     assert np.isclose(case["confidence"], pred.confidence[0])
     assert case["scan_png"].startswith(b"\x89PNG") and case["figure_png"].startswith(b"\x89PNG")
     assert case["maps"]["gradcam"]["peak_original_fraction"] is not None and case["notes"]
+
+
+def test_a_missing_path_is_listed_and_the_rest_reviewed(tmp_path, capsys):
+    out = tmp_path / "report.html"
+    code = cli.main(["report", str(SAMPLES / "glioma.jpg"), str(tmp_path / "missing.jpg"), "--methods", "gradcam",
+                     "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "missing.jpg: no such file or folder" in err and "1 reviewed, 1 failed" in err
+    assert out.is_file() and "missing.jpg" in out.read_text(encoding="utf-8")

@@ -197,7 +197,8 @@ class _Audit:
         batches = stream_scans([self.cands.positions[j] for j in todo], self.load, specs, cfg.batch_size,
                                 parallel=cfg.workers)
         pending: list[tuple[int, np.ndarray, np.ndarray]] = []
-        with tqdm(total=len(todo), desc="auditing", unit="scan", disable=not cfg.progress, smoothing=0.1) as bar:
+        with tqdm(total=len(todo), desc="auditing", unit="scan", disable=None if cfg.progress else True,
+                  smoothing=0.1) as bar:  # None: on a terminal only
             while True:
                 w = time.perf_counter()
                 batch = next(batches, None)

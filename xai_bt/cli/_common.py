@@ -58,6 +58,14 @@ class UsageError(ValueError):
     """A command-line value that cannot work; the message is shown as one line, exit code 2."""
 
 
+def methods_help(default: str) -> str:
+    """--methods' help: every registered method (the names `parse_methods` accepts), and the default."""
+    from xai_bt.attribution import registry
+
+    return (f"comma-separated methods, or 'all' (default: {default}); one of: {', '.join(registry.names())} "
+            "(slow: " + ", ".join(m for m in registry.names() if registry.spec(m).slow) + ")")
+
+
 def parse_methods(text: str) -> list[str]:
     """'gradcam,layercam' or 'all' -> registered method names, in the order given (`registry.check_methods`)."""
     from xai_bt.attribution import registry

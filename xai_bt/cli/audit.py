@@ -15,7 +15,7 @@ import shlex
 import time
 from typing import TYPE_CHECKING
 
-from xai_bt.cli._common import add_model_options, add_threshold, fail
+from xai_bt.cli._common import add_model_options, add_threshold, fail, methods_help
 
 if TYPE_CHECKING:
     from xai_bt.audit.runner import AuditConfig
@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                    "'file,mask' (files relative to --data, masks to the CSV's folder)")
     p.add_argument("--boxes", help="folder of YOLO box files 'class xc yc w h' (matched by stem): boxes as masks")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help=f"comma-separated methods or 'all' (default: {','.join(DEFAULT_METHODS)})")
+                   help=methods_help(",".join(DEFAULT_METHODS)))
     p.add_argument("--layer", help="conv layer for the CAM methods (default: the bundle's last conv layer)")
     p.add_argument("--target", choices=("true", "predicted"), default="true",
                    help="class to explain: the annotated tumor class (default) or the model's prediction")

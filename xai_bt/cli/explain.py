@@ -21,6 +21,7 @@ from xai_bt.cli._common import (
     check_numbers,
     fail,
     load_bundle,
+    methods_help,
     parse_formats,
     parse_methods,
 )
@@ -38,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="text file of scan paths, one per line (relative to the file's folder)")
     p.add_argument("--model", help="model bundle, or your own Keras model file with --classes (default: the shipped default model)")
     p.add_argument("--methods", default="gradcam",
-                   help="comma-separated methods, or 'all' (default: gradcam)")
+                   help=methods_help("gradcam"))
     p.add_argument("--target", help="class to explain (default: each scan's predicted class)")
     p.add_argument("--layer", help="conv layer for the CAM methods: its name or path inside a nested backbone, e.g. mobilenetv2_1.00_224/out_relu (default: the bundle's last conv layer)")
     p.add_argument("--list-layers", action="store_true",

@@ -29,12 +29,11 @@ def main(args: argparse.Namespace) -> int:
     from xai_bt.io.predict_files import predict_files
     from xai_bt.model.bundle import BundleError, default_model_path
 
-    files = iter_image_files(args.inputs)
-    missing = [p for p in args.inputs if not Path(p).exists()]
-    if missing:
-        return fail(f"{missing[0]}: no such file or folder")
+    missing = [p for p in args.inputs if not Path(p).exists()]   # bad input like any other: the rest still run
+    files = iter_image_files([p for p in args.inputs if Path(p).exists()])
     if not files:
-        return fail(f"no scan files found in {' '.join(args.inputs)}")
+        return fail(f"{missing[0]}: no such file or folder" if missing else
+                    f"no scan files found in {' '.join(args.inputs)}")
     if args.json and Path(args.json).exists():
         return fail(f"{args.json}: already exists; remove it or choose another name")
     if args.batch_size < 1:
@@ -43,11 +42,14 @@ def main(args: argparse.Namespace) -> int:
         bundle = load_bundle(args.model or default_model_path(), args)
     except (BundleError, UsageError) as e:
         return fail(str(e))
+    for path in missing:
+        print_row({"path": path, "error": "no such file or folder"})
     result = predict_files(bundle, files, batch_size=args.batch_size, calibrated=not args.raw, on_scan=print_row)
+    result.failures[:0] = [{"path": p, "error": "no such file or folder"} for p in missing]
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_json(), indent=2) + "\n")
     if result.failures:
-        print(f"{len(result.failures)} of {len(files)} files failed:", file=sys.stderr)
+        print(f"{len(result.failures)} of {len(files) + len(missing)} files failed:", file=sys.stderr)
         for f in result.failures:
             print(f"  {f['path']}: {f['error']}", file=sys.stderr)
         return 1

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from xai_bt.cli._common import add_model_options, fail
+from xai_bt.cli._common import add_model_options, fail, methods_help
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model bundle, or your own Keras model file with --classes (default: the shipped default model)")
     p.add_argument("--view-model", help="view (plane) classifier bundle, for single-stage models")
     p.add_argument("--methods", default="gradcam,layercam",
-                   help="comma-separated methods, or 'all' (default: gradcam,layercam)")
+                   help=methods_help("gradcam,layercam"))
     p.add_argument("--top-k", type=float, default=0.1, help="fraction of pixels outlined per map (default: 0.1)")
     p.add_argument("--title", default="xai_bt review report", help="page title")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -40,17 +40,21 @@ def main(args: argparse.Namespace) -> int:
             raise UsageError(f"{out}: is a folder; give a file name such as report.html")
         if out.exists() and not args.overwrite:
             raise UsageError(f"{out}: already exists; pass --overwrite to replace it")
-        missing = [p for p in args.inputs if not Path(p).exists()]
-        if missing:
-            raise UsageError(f"{missing[0]}: no such file or folder")
-        files = iter_image_files(args.inputs)
+        missing = [p for p in args.inputs if not Path(p).exists()]   # listed as failed; the rest still run
+        files = iter_image_files([p for p in args.inputs if Path(p).exists()])
         if not files:
-            raise UsageError(f"no scan files found in {' '.join(args.inputs)}")
+            raise UsageError(f"{missing[0]}: no such file or folder" if missing else
+                             f"no scan files found in {' '.join(args.inputs)}")
         bundle = load_bundle(args.model or default_model_path(), args)
         view_bundle = load_view_model(args.view_model) if args.view_model else None
     except (UsageError, BundleError) as e:
         return fail(str(e))
-    cases = review_files(files, bundle, methods, view_bundle, args.top_k)
+    from xai_bt.review.case import review_failure
+
+    cases = [review_failure(p, "no such file or folder") for p in missing]
+    for case in cases:
+        print(f"error: {case['name']}: {case['error']}", file=sys.stderr)
+    cases += review_files(files, bundle, methods, view_bundle, args.top_k)
     return write(cases, bundle, out, args)
 
 
@@ -60,7 +64,8 @@ def review_files(files: list[str], bundle, methods: list[str], view_bundle, top_
 
     from xai_bt.review.case import review_failure, review_scan
     cases = []
-    for path in tqdm(files, unit="scan", file=sys.stderr, desc="reviewing", disable=len(files) < 2):
+    for path in tqdm(files, unit="scan", file=sys.stderr, desc="reviewing",
+                     disable=None if len(files) >= 2 else True):
         try:
             case = review_scan(bundle, path, methods=methods, view_bundle=view_bundle, top_k=top_k)
             print(f"{path}: {case['prediction']} ({case['confidence']:.3f})")

@@ -8,9 +8,9 @@ from xai_bt.cli._common import fail
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from xai_bt.model.architectures import ARCHITECTURES
+    from xai_bt.model import ARCHITECTURE_NAMES
 
-    p.add_argument("--arch", required=True, choices=sorted(ARCHITECTURES), help="network architecture")
+    p.add_argument("--arch", required=True, choices=sorted(ARCHITECTURE_NAMES), help="network architecture")
     p.add_argument("--data", required=True, help="dataset root (any layout xai_bt reads)")
     p.add_argument("--out", required=True, help="folder of the model bundle to write (e.g. models/my_model)")
     p.add_argument("--task", default="tumor", choices=["tumor", "view", "cascade"],

@@ -85,4 +85,4 @@ def failed_indices(samples: Sequence[Sample], errors: Sequence[ImageError]) -> s
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="scan", disable=not enabled or total < 50, leave=False)
+    return tqdm(total=total, desc=desc, unit="scan", disable=None if enabled and total >= 50 else True, leave=False)

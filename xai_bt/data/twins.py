@@ -152,7 +152,8 @@ def fingerprints(samples: Sequence[Sample], size: int = 32, cache_dir: str | Pat
         results = pool.map(lambda i: _compute(samples[i], size, entries[i]), todo)
         if progress and todo:
             from tqdm import tqdm
-            results = tqdm(results, total=len(todo), desc="thumbnails", unit="img", leave=False)
+            results = tqdm(results, total=len(todo), desc="thumbnails", unit="img", leave=False,
+                           disable=None)  # None: a bar on a terminal only, none in logs
         for i, (thumb, digest, error) in zip(todo, results):
             thumbs[i], digests[i] = thumb, digest
             if error:

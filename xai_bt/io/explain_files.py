@@ -311,7 +311,7 @@ class ExplainPlan:
         load, specs = _loader(self.bundle, self.mask)
         batches = stream([j.path for j in jobs], load, specs, self.batch_size, parallel=self.workers)
         with tqdm(total=len(jobs), unit="scan", file=sys.stderr, desc="explaining", smoothing=0.1,
-                  disable=not progress) as bar:
+                  disable=None if progress else True) as bar:  # None: on a terminal only
             for batch in batches:
                 rows = self._explain_batch([jobs[i] for i in batch.positions], batch, tell)
                 fsync_dir(self.out)      # the renames first, then the rows that say they happened
