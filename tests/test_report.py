@@ -132,7 +132,8 @@ def test_review_scan_from_bytes(bundle):
     pred = bundle.predict(str(SAMPLES / "no_tumor.jpg"))
     assert case["prediction"] == pred.labels[0] and case["name"] == "upload.jpg"
     assert np.isclose(case["confidence"], pred.confidence[0])
-    assert case["scan_png"].startswith(b"\x89PNG") and case["figure_png"].startswith(b"\x89PNG")
+    assert case["scan_png"].startswith(b"\x89PNG") and [t["method"] for t in case["tiles"]] == ["gradcam"]
+    assert all(t["png"].startswith(b"\x89PNG") for t in case["tiles"])
     assert case["maps"]["gradcam"]["peak_original_fraction"] is not None and case["notes"]
 
 
@@ -143,3 +144,31 @@ def test_a_missing_path_is_listed_and_the_rest_reviewed(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "missing.jpg: no such file or folder" in err and "1 reviewed, 1 failed" in err
     assert out.is_file() and "missing.jpg" in out.read_text(encoding="utf-8")
+
+
+def test_each_heatmap_is_its_own_tile_at_least_320_px(bundle):
+    """On the review page every map is a figure of its own, its map drawn at least 320 px wide, with the
+    class it explains; nothing else (probabilities, the scan) is repeated inside the tiles."""
+    import io
+
+    from PIL import Image
+
+    from xai_bt.attribution.explain import explain
+    from xai_bt.plots.explanation import plot_map_tile
+    from xai_bt.review.case import TILE_DPI, review_scan
+    from xai_bt.review.html import render_report
+
+    expl = explain(bundle, str(SAMPLES / "glioma.jpg"), methods=("gradcam", "smoothgrad"))[0]
+    for method in expl.maps:
+        fig = plot_map_tile(expl, method)
+        fig.set_dpi(TILE_DPI)
+        fig.canvas.draw()
+        heat = fig.axes[0].get_window_extent()
+        assert heat.width >= 320 and heat.height >= 320, (method, heat)
+        assert "explains" in fig.axes[0].get_title() and len(fig.axes) == 2          # the map and its colour bar
+    case = review_scan(bundle, str(SAMPLES / "glioma.jpg"), methods=["gradcam", "layercam"])
+    widths = [Image.open(io.BytesIO(t["png"])).size[0] for t in case["tiles"]]
+    assert len(widths) == 2 and min(widths) >= 480
+    page = render_report([case], {"name": "m", "kind": "single", "task": "tumor", "arch": None, "classes": [],
+                                  "input_size": 160, "temperature": 1.0, "metrics": []})
+    assert page.count('class="tile"') == 2

@@ -13,7 +13,7 @@ from xai_bt.attribution.result import Explanation
 from xai_bt.plots.heatmap import MASK_COLOR, draw_heatmap, legend_handles, outline
 from xai_bt.plots.style import TWO_COLUMN, class_color, style_context
 
-__all__ = ["plot_explanation", "CASCADE_STAGES"]
+__all__ = ["plot_explanation", "plot_map_tile", "CASCADE_STAGES", "TILE_SIZE"]
 
 _COLUMNS = 4          # panels per row; a 4-wide grid keeps each panel ~1.8 in at two-column width
 
@@ -44,6 +44,25 @@ def plot_explanation(expl: Explanation, top_k: float = 0.1, mask: np.ndarray | N
             ax.set_axis_off()
         fig.suptitle(_title(expl))
         fig.legend(handles=legend_handles(top_k, mask is not None), loc="outside lower center",
+                   ncols=2, fontsize=7)
+    return fig
+
+
+#: a review tile's size in inches: at 120 dpi the map itself is over 320 px wide
+TILE_SIZE = (3.6, 3.5)
+
+
+def plot_map_tile(expl: Explanation, method: str, top_k: float = 0.1, mask: np.ndarray | None = None) -> Figure:
+    """One method's map alone, large enough to read (the review page's tile): the overlay with its labelled
+    colour bar, the top-`top_k` outline, the peak marked, and the class it explains with its probability."""
+    mask = expl.mask if mask is None else np.asarray(mask, dtype=bool)
+    p = float(np.asarray(expl.probabilities)[expl.target])
+    with style_context():
+        fig = Figure(figsize=TILE_SIZE, layout="constrained")
+        ax = fig.subplots()
+        draw_heatmap(ax, expl.image, expl.maps[method], top_k=top_k, mask=mask, colorbar=fig, mark_peak=True)
+        ax.set_title(f"{method_label(method)}\nexplains {expl.target_name.replace('_', ' ')} (p = {p:.2f})")
+        fig.legend(handles=legend_handles(top_k, mask is not None, peak=True), loc="outside lower center",
                    ncols=2, fontsize=7)
     return fig
 

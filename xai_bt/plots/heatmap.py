@@ -12,7 +12,6 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from xai_bt.attribution.summary import is_signed, peak, top_region
 from xai_bt.plots.style import DIVERGING_CMAP, HEATMAP_CMAP, OKABE_ITO
@@ -46,11 +45,9 @@ def draw_heatmap(ax, image: np.ndarray, heatmap: np.ndarray, *, top_k: float | N
         ax.plot(col, row, marker="+", color="white", ms=8, mew=1.5)
     if colorbar is not None:
         bar = colorbar.colorbar(ScalarMappable(norm, cmap), ax=ax, shrink=0.8, pad=0.03, aspect=15)
-        bar.locator = MaxNLocator(3)
+        ticks = np.linspace(norm.vmin, norm.vmax, 3)  # labelled at both ends and the middle, 2 significant digits
+        bar.set_ticks(ticks, labels=[f"{t:.2g}" if t else "0" for t in ticks])
         bar.ax.tick_params(labelsize=6)
-        if isinstance(bar.formatter, ScalarFormatter):
-            bar.formatter.set_powerlimits((-3, 4))
-        bar.update_ticks()
         bar.set_label("attribution (signed)" if signed else "attribution", fontsize=6)
     ax.set_axis_off()
 
@@ -72,9 +69,11 @@ def outline(ax, region: np.ndarray | None, color: str, linestyle: str) -> None:
     ax.contour(region.astype(np.float32), levels=[0.5], colors=[color], linewidths=0.8, linestyles=linestyle)
 
 
-def legend_handles(top_k: float, with_mask: bool) -> list[Line2D]:
-    """Legend entries for the outlines drawn on the panels."""
+def legend_handles(top_k: float, with_mask: bool, peak: bool = False) -> list[Line2D]:
+    """Legend entries for the outlines (and the peak marker, if drawn) on the panels."""
     handles = [Line2D([], [], color=TOP_K_COLOR, lw=1.0, label=f"top {top_k:.0%} of map (positive values)")]
     if with_mask:
         handles.append(Line2D([], [], color=MASK_COLOR, lw=1.0, ls="--", label="tumor mask"))
+    if peak:
+        handles.append(Line2D([], [], color="black", marker="+", ls="none", ms=7, mew=1.5, label="peak"))
     return handles

@@ -1,7 +1,7 @@
 """Review content for one scan, shared by `report` (HTML file) and `serve` (web page).
 
 `review_scan` turns a scan (path or uploaded bytes) into a plain dict: calibrated class probabilities, the
-MRI view when known, the annotated heatmap figure and the scan as PNG bytes, per-method map numbers and
+MRI view when known, one heatmap tile per method and the scan as PNG bytes, per-method map numbers and
 case notes. `model_summary` condenses a bundle's card; `HEATMAP_NOTES` says what a heatmap does not show.
 Rendering lives in `xai_bt.review.html`; nothing here writes files.
 """
@@ -22,8 +22,9 @@ from xai_bt.plots.style import figure_png
 DEFAULT_METHODS: tuple[str, ...] = REVIEW_DEFAULT
 #: Below this calibrated confidence a case gets an "uncertain" note.
 LOW_CONFIDENCE = 0.6
-#: Resolution of the embedded images (the figure is 7.2 in wide: ~860 px at 120 dpi).
+#: Resolution of the embedded images: a heatmap tile (3.6 in) at TILE_DPI draws its map over 320 px wide.
 FIGURE_DPI = 120
+TILE_DPI = 150
 SCAN_SIDE = 320
 
 #: What a reader must know before looking at any heatmap (plain language, one item a paragraph).
@@ -54,7 +55,7 @@ def review_scan(bundle, source: str | os.PathLike | bytes, name: str | None = No
     from xai_bt.attribution.explain import explain
     from xai_bt.attribution.summary import GEOMETRY_KEY, explanation_summary, scan_geometry
     from xai_bt.data.decode import read_image
-    from xai_bt.plots.explanation import plot_explanation
+    from xai_bt.plots.explanation import plot_map_tile
 
     label = name if name is not None else str(source)
     gray = read_image(source, name=label)
@@ -75,7 +76,8 @@ def review_scan(bundle, source: str | os.PathLike | bytes, name: str | None = No
         "view": summary["view"], "view_probabilities": summary["view_probabilities"], "view_source": view_source,
         "methods": list(expl.maps), "maps": summary["methods"], "layer": expl.layer, "top_k": top_k,
         "original_shape": list(gray.shape), "input_size": int(x.shape[1]),
-        "scan_png": scan_png(gray), "figure_png": figure_png(plot_explanation(expl, top_k), FIGURE_DPI),
+        "scan_png": scan_png(gray), "model_input_png": scan_png(expl.image.astype(np.uint8)),
+        "tiles": [{"method": m, "png": figure_png(plot_map_tile(expl, m, top_k), TILE_DPI)} for m in expl.maps],
         "notes": case_notes(summary, bundle),
     }
 

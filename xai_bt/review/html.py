@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from xai_bt.review.case import HEATMAP_NOTES, words
 
 CSS = """
-body { font-family: -apple-system, 'DejaVu Sans', Arial, sans-serif; max-width: 980px; margin: 1.5em auto;
+body { font-family: -apple-system, 'DejaVu Sans', Arial, sans-serif; max-width: 1200px; margin: 1.5em auto;
        padding: 0 1em; color: #222; line-height: 1.45; }
 h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top: 1.6em; }
 h3 { font-size: 1.0em; margin: 1em 0 0.3em; }
@@ -34,6 +34,9 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 img { max-width: 100%; height: auto; }
 img.scan { max-width: 260px; border: 1px solid #ccc; }
 figure { margin: 0; } figcaption { font-size: 0.85em; color: #555; }
+.tiles { display: flex; gap: 0.8em; flex-wrap: wrap; align-items: flex-end; margin: 0.8em 0; }
+img.tile { max-width: 100%; }  /* at its own size: the map over 320 px */
+img.tile-input { width: 340px; max-width: 100%; image-rendering: pixelated; border: 1px solid #ccc; }
 """
 
 
@@ -127,6 +130,10 @@ def case_html(case: dict[str, Any], index: int = 0) -> str:
         view = (f'<p id="view-{index}">MRI view: <strong>{esc(case["view"])}</strong> ({vp:.0%}, from the '
                 f'{esc(case["view_source"])})</p>')
     notes = "".join(f"<li>{esc(n)}</li>" for n in case.get("notes", []))
+    from xai_bt.attribution.registry import label
+
+    tiles = "\n".join(f'<figure>{img_tag(t["png"], "heatmap: " + label(t["method"]), "tile")}</figure>'
+                       for t in case.get("tiles", []))
     return f"""<section class="case" id="case-{index}">
 {title}
 <p class="prediction">Predicted:
@@ -137,10 +144,13 @@ def case_html(case: dict[str, Any], index: int = 0) -> str:
 ({case["original_shape"][1]}x{case["original_shape"][0]} px)</figcaption></figure>
 <div>{_probability_table(case)}</div>
 </div>
-<figure>{img_tag(case["figure_png"], "heatmaps: " + ", ".join(case["methods"]))}
-<figcaption>Heatmaps explaining the predicted class. Outline: the top {case["top_k"]:.0%} of each map.
-Magma maps are non-negative; red/blue maps are signed (red: evidence for the class, blue: against).</figcaption>
-</figure>
+<div class="tiles">
+<figure>{img_tag(case["model_input_png"], "the scan as the model saw it", "tile-input")}<figcaption>Model input
+({case["input_size"]}x{case["input_size"]} px)</figcaption></figure>
+{tiles}
+</div>
+<p class="meta">Each heatmap explains the predicted class. Outline: the top {case["top_k"]:.0%} of the map; +: its peak.
+Magma maps are non-negative; red/blue maps are signed (red: evidence for the class, blue: against).</p>
 {_maps_table(case)}
 <ul>{notes}</ul>
 </section>"""
