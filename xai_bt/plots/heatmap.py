@@ -45,7 +45,8 @@ def draw_heatmap(ax, image: np.ndarray, heatmap: np.ndarray, *, top_k: float | N
         ax.plot(col, row, marker="+", color="white", ms=8, mew=1.5)
     if colorbar is not None:
         bar = colorbar.colorbar(ScalarMappable(norm, cmap), ax=ax, shrink=0.8, pad=0.03, aspect=15)
-        ticks = np.linspace(norm.vmin, norm.vmax, 3)  # labelled at both ends and the middle, 2 significant digits
+        low = -scale if signed else 0.0
+        ticks = [low, (low + scale) / 2, scale]  # labelled at both ends and the middle, 2 significant digits
         bar.set_ticks(ticks, labels=[f"{t:.2g}" if t else "0" for t in ticks])
         bar.ax.tick_params(labelsize=6)
         bar.set_label("attribution (signed)" if signed else "attribution", fontsize=6)
