@@ -13,6 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 
+from xai_bt.names import display_names
 from xai_bt.plots.style import DIVERGING_CMAP, TWO_COLUMN, styled
 
 
@@ -49,8 +50,8 @@ def _draw_matrix(ax: Axes, table: Sequence[Mapping[str, Any]], conditions: list[
         dc = row[conditions[i], groups[j]]["confidence_change"]
         ax.text(j, i, f"{v:.2f}\n({dc:+.2f})", ha="center", va="center", fontsize=6.5, linespacing=1.1,
                 color="white" if abs(change[i, j]) > 0.6 * limit else "black")
-    ax.set_xticks(range(len(groups)), [g.replace("_", " ") for g in groups], rotation=30, ha="right")
-    ax.set_yticks(range(len(conditions)), [c.replace("_", " ") for c in conditions])
+    ax.set_xticks(range(len(groups)), display_names(groups), rotation=30, ha="right")
+    ax.set_yticks(range(len(conditions)), display_names(conditions))
     ax.tick_params(length=0)
     for side in ("left", "bottom"):
         ax.spines[side].set_visible(False)

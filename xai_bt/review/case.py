@@ -16,6 +16,7 @@ import numpy as np
 
 from xai_bt.attribution.registry import REVIEW_DEFAULT
 from xai_bt.data.sample import ImageError
+from xai_bt.names import display_name
 from xai_bt.plots.style import figure_png
 
 #: Methods used when the caller names none: fast, and the two CAMs the focus audit compares.
@@ -102,7 +103,7 @@ def case_notes(summary: dict[str, Any], bundle) -> list[str]:
         notes.append(f"The model is uncertain (top probability {summary['confidence']:.0%} is below "
                      f"{LOW_CONFIDENCE:.0%}); treat the prediction and its heatmaps with extra caution.")
     if len(probs) > 1 and probs[1][1] >= 0.2:
-        notes.append(f"Runner-up: {words(probs[1][0])} at {probs[1][1]:.0%}.")
+        notes.append(f"Runner-up: {display_name(probs[1][0])} at {probs[1][1]:.0%}.")
     if getattr(bundle, "tta", "none") == "hflip":
         notes.append("The probabilities average the scan and its left-right mirror (test-time augmentation); "
                      "the heatmaps explain the scan as given.")
@@ -151,8 +152,3 @@ def scan_png(gray: np.ndarray, side: int = SCAN_SIDE) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
-
-
-def words(name: str) -> str:
-    """A class or method name for reading: "no_tumor" -> "no tumor"."""
-    return str(name).replace("_", " ")

@@ -13,7 +13,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from xai_bt.review.case import HEATMAP_NOTES, words
+from xai_bt.names import display_name
+from xai_bt.review.case import HEATMAP_NOTES
 
 CSS = """
 body { font-family: -apple-system, 'DejaVu Sans', Arial, sans-serif; max-width: 1200px; margin: 1.5em auto;
@@ -71,12 +72,12 @@ def model_html(summary: dict[str, Any]) -> str:
     """Model card summary: name, architecture, classes, training data, calibration, test accuracy."""
     rows = [("Model", f"{summary['name']} ({summary['kind']} {summary['task']} classifier)"),
             ("Architecture", f"{summary['arch'] or 'not recorded'}, input {summary['input_size']} px"),
-            ("Classes", ", ".join(c.replace("_", " ") for c in summary["classes"]))]
+            ("Classes", ", ".join(display_name(c) for c in summary["classes"]))]
     if summary.get("views"):
         rows.append(("Views (first stage)", ", ".join(summary["views"])))
     if summary.get("imported"):
         imp = summary["imported"]
-        assumed = ", ".join(a.replace("_", " ") for a in imp["assumed"])
+        assumed = ", ".join(display_name(a) for a in imp["assumed"])
         rows.append(("Imported", f"your own Keras model {imp['source']} (pixel scale {imp['pixel_scale']}"
                      + (f"; assumed, not given: {assumed}" if assumed else "") + ")"))
         rows.append(("Explained score", imp["score"]))
@@ -130,14 +131,13 @@ def case_html(case: dict[str, Any], index: int = 0) -> str:
         view = (f'<p id="view-{index}">MRI view: <strong>{esc(case["view"])}</strong> ({vp:.0%}, from the '
                 f'{esc(case["view_source"])})</p>')
     notes = "".join(f"<li>{esc(n)}</li>" for n in case.get("notes", []))
-    from xai_bt.attribution.registry import label
 
-    tiles = "\n".join(f'<figure>{img_tag(t["png"], "heatmap: " + label(t["method"]), "tile")}</figure>'
+    tiles = "\n".join(f'<figure>{img_tag(t["png"], "heatmap: " + display_name(t["method"]), "tile")}</figure>'
                        for t in case.get("tiles", []))
     return f"""<section class="case" id="case-{index}">
 {title}
 <p class="prediction">Predicted:
-<strong id="prediction-{index}" class="predicted">{esc(words(case["prediction"]))}</strong> (calibrated probability {case["confidence"]:.1%})</p>
+<strong id="prediction-{index}" class="predicted">{esc(display_name(case["prediction"]))}</strong> (calibrated probability {case["confidence"]:.1%})</p>
 {view}
 <div class="row">
 <figure>{img_tag(case["scan_png"], "the uploaded scan", "scan")}<figcaption>The scan as given
@@ -161,7 +161,7 @@ def _probability_table(case: dict[str, Any]) -> str:
     rows = []
     for name, p in sorted(case["probabilities"].items(), key=lambda kv: -kv[1]):
         strong = name == case["prediction"]
-        label = f"<strong>{esc(words(name))}</strong>" if strong else esc(words(name))
+        label = f"<strong>{esc(display_name(name))}</strong>" if strong else esc(display_name(name))
         rows.append(f'<tr><td>{label}</td><td class="num">{p:.1%}</td>'
                     f'<td><span class="bar" style="width:{max(1, round(150 * p))}px"></span></td></tr>')
     return (f"<table class=\"probabilities\">\n<tr><th>class</th><th>probability</th><th></th></tr>\n"
@@ -171,13 +171,12 @@ def _probability_table(case: dict[str, Any]) -> str:
 
 def _maps_table(case: dict[str, Any]) -> str:
     """Where each map peaks (as a fraction of the scan) and how large its top region is."""
-    from xai_bt.attribution.registry import label
 
     rows = []
     for method, m in case["maps"].items():
         pk = m.get("peak_original_fraction")
         where = f"{pk['row']:.0%} down, {pk['col']:.0%} across" if pk else "n/a"
-        rows.append(f"<tr><td>{esc(label(method))}</td><td>{esc(where)}</td>"
+        rows.append(f"<tr><td>{esc(display_name(method))}</td><td>{esc(where)}</td>"
                     f'<td class="num">{m["top_k_area_fraction"]:.1%}</td>'
                     f"<td>{'signed' if m['signed'] else 'non-negative'}</td></tr>")
     return ("<table class=\"maps\">\n<tr><th>method</th><th>peak on the scan</th><th>top region area</th>"

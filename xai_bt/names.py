@@ -1,0 +1,41 @@
+"""How names read on figures, pages and the terminal: one function for class, method and metric names.
+
+Code names (``no_tumor``, ``integrated_gradients``, ``pointing_game``) stay in files and sidecars; people
+read ``no tumor``, ``Integrated Gradients``, ``pointing game``. Method labels come from the registry, so a
+plug-in method registered with a label is shown by it too.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["display_name", "display_names"]
+
+#: names whose reading is not the code name with spaces
+_SPECIAL: dict[str, str] = {
+    "no_tumor": "no tumor",
+    "notumor": "no tumor",
+    "auc": "AUC",
+    "roc_auc": "ROC AUC",
+    "ece": "ECE",
+    "ap": "AP",
+    "road": "ROAD",
+    "leakage_free": "leakage-free",
+    "pointing_game": "pointing game",
+    "energy_pointing_game": "energy (mass inside the tumor)",
+}
+
+
+def display_name(name: object) -> str:
+    """A class, method or metric name as people read it: ``no_tumor`` -> "no tumor", ``gradcam`` ->
+    "Grad-CAM" (the registry's label), ``pointing_game`` -> "pointing game"; anything else with "_" as spaces."""
+    key = str(name)
+    from xai_bt.attribution import registry  # light: no Keras at import
+
+    if key in registry.names():
+        return registry.label(key)
+    return _SPECIAL.get(key, key.replace("_", " "))
+
+
+def display_names(names: Iterable[object]) -> list[str]:
+    """`display_name` of each name in an iterable."""
+    return [display_name(n) for n in names]
