@@ -63,9 +63,12 @@ def test_figure_panels_and_text():
     assert cams.get_cmap().name == "magma" and cams.norm.vmin == 0
     assert ig.get_cmap().name == "RdBu_r" and np.isclose(ig.norm.vmin, -ig.norm.vmax)
     assert all(any(isinstance(c, ContourSet) for c in ax.collections) for ax in overlays.values())
-    assert len(fig.axes) == 2 + 2 + 2                         # scan, bars, two overlays, two colour bars
+    assert len(fig.axes) == 2 + 2                             # scan, bars, two overlays
+    bars_beside = [ax.child_axes for ax in overlays.values()]    # each overlay's colour bar, beside its map
+    assert all(len(c) == 1 and c[0].get_ylabel().startswith("attribution") for c in bars_beside)
     bars = next(ax for ax in fig.axes if ax.get_title() == "Class probability")
-    assert [t.get_fontweight() for t in bars.get_yticklabels()][0] == "bold"
+    bold = [t.get_text() for t in bars.texts if t.get_fontweight() == "bold"]
+    assert bold == ["glioma  0.70"] and bars.get_xlim() == (0, 1)   # the prediction, on a 0-1 axis
 
 
 def test_target_and_mask_are_shown():
@@ -193,3 +196,15 @@ def test_audit_gallery_uses_the_shared_overlay_and_keeps_its_text_inside(n):
     assert "Integrated Gradients" in fig._suptitle.get_text()
     drawn = [ax for ax in fig.axes if ax.images]
     assert len(drawn) == 2 * n and all(len(ax.images) == 2 for ax in drawn)   # scan + map, as in the figure
+
+
+def test_overlays_are_transparent_where_the_map_is_zero():
+    """A weak map must not dim the scan: opacity is 0 where the map is 0 and grows with |value|."""
+    heat = np.zeros((S, S), np.float32)
+    heat[20:30, 20:30] = 1.0
+    fig = plot_explanation(_expl(maps={"gradcam": heat}))
+    overlay = next(ax for ax in fig.axes if ax.get_title() == "Grad-CAM").images[1]
+    alpha = np.asarray(overlay.get_alpha())
+    assert alpha[heat == 0].max() == 0 and alpha[heat == 1].min() > 0.5
+    texts = _texts(fig)
+    assert "peak" in texts                                   # the legend names the peak marker

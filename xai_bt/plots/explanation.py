@@ -8,21 +8,24 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from xai_bt.attribution.registry import label as method_label
 from xai_bt.attribution.result import Explanation
+from xai_bt.names import display_name
 from xai_bt.plots.heatmap import MASK_COLOR, draw_heatmap, legend_handles, outline
 from xai_bt.plots.style import TWO_COLUMN, class_color, style_context
 
 __all__ = ["plot_explanation", "plot_map_tile", "CASCADE_STAGES", "TILE_SIZE"]
 
 _COLUMNS = 4          # panels per row; a 4-wide grid keeps each panel ~1.8 in at two-column width
+_CELL = 1.8           # inches per panel column (map plus its colour bar)
 
 
 def plot_explanation(expl: Explanation, top_k: float = 0.1, mask: np.ndarray | None = None) -> Figure:
-    """Scan, class probabilities and one overlay per method, laid out for a two-column page (7.2 in).
+    """Scan, class probabilities and one overlay per method, on a grid of equal cells (7.2 in wide for
+    four or more panels per row, narrower for fewer, so one method leaves no empty gaps).
 
-    Every overlay has its own colour bar and the outline of its top-`top_k` region; `mask` (or
-    `expl.mask`), an (S, S) bool ground truth, is outlined dashed on every panel.
+    Every overlay has its own labelled colour bar, the outline of its top-`top_k` region and its peak
+    marked; `mask` (or `expl.mask`), an (S, S) bool ground truth, is outlined dashed on every panel. The
+    legend sits in the first empty cell, or below the grid when every cell is used.
     """
     mask = expl.mask if mask is None else np.asarray(mask, dtype=bool)
     if mask is not None and mask.shape != expl.image.shape:
@@ -31,20 +34,25 @@ def plot_explanation(expl: Explanation, top_k: float = 0.1, mask: np.ndarray | N
     n_panels = 2 + len(expl.maps)
     nrows = -(-n_panels // _COLUMNS)
     ncols = -(-n_panels // nrows)
-    width = TWO_COLUMN[0]
+    title_lines = _title(expl).count("\n") + 1
+    spare = nrows * ncols > n_panels
+    height = nrows * 0.92 * _CELL + 0.16 * title_lines + (0 if spare else 0.3)
     with style_context():
-        fig = Figure(figsize=(width, nrows * 0.82 * width / ncols + 0.5), layout="constrained")
+        fig = Figure(figsize=(min(TWO_COLUMN[0], ncols * _CELL), height), layout="constrained")
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
         _draw_scan(axes[0], expl.image, mask)
         _draw_probabilities(axes[1], expl)
         for ax, (method, heatmap) in zip(axes[2:], expl.maps.items()):
-            draw_heatmap(ax, expl.image, heatmap, top_k=top_k, mask=mask, colorbar=fig)
-            ax.set_title(method_label(method))
+            draw_heatmap(ax, expl.image, heatmap, top_k=top_k, mask=mask, colorbar=fig, mark_peak=True)
+            ax.set_title(display_name(method))
         for ax in axes[n_panels:]:
             ax.set_axis_off()
+        handles = legend_handles(top_k, mask is not None, peak=True)
+        if spare:   # in the first empty cell, beside the last panel, not far below the grid
+            axes[n_panels].legend(handles=handles, loc="center left", fontsize=7)
+        else:
+            fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=7)
         fig.suptitle(_title(expl))
-        fig.legend(handles=legend_handles(top_k, mask is not None), loc="outside lower center",
-                   ncols=2, fontsize=7)
     return fig
 
 
@@ -61,7 +69,7 @@ def plot_map_tile(expl: Explanation, method: str, top_k: float = 0.1, mask: np.n
         fig = Figure(figsize=TILE_SIZE, layout="constrained")
         ax = fig.subplots()
         draw_heatmap(ax, expl.image, expl.maps[method], top_k=top_k, mask=mask, colorbar=fig, mark_peak=True)
-        ax.set_title(f"{method_label(method)}\nexplains {expl.target_name.replace('_', ' ')} (p = {p:.2f})")
+        ax.set_title(f"{display_name(method)}\nexplains {display_name(expl.target_name)} (p = {p:.2f})")
         fig.legend(handles=legend_handles(top_k, mask is not None, peak=True), loc="outside lower center",
                    ncols=2, fontsize=7)
     return fig
@@ -76,20 +84,20 @@ def _draw_scan(ax, image: np.ndarray, mask: np.ndarray | None) -> None:
 
 
 def _draw_probabilities(ax, expl: Explanation) -> None:
-    """Horizontal bars of all class probabilities in the class colours; the prediction in bold."""
+    """Bars of all class probabilities on 0-1 in the class colours, each named and valued above its bar
+    (inside the panel, so the panel is as wide as the others); the prediction in bold."""
     probs = np.asarray(expl.probabilities, dtype=np.float64)
-    names = [n.replace("_", " ") for n in expl.class_names]
-    y = np.arange(len(names))
-    ax.barh(y, probs, color=[class_color(n, i) for i, n in enumerate(expl.class_names)], height=0.65)
-    for yi, p in zip(y, probs):
-        ax.text(p + 0.03, yi, f"{p:.2f}", va="center", fontsize=7)
     best = int(np.argmax(probs))
-    ax.set_yticks(y, names)
-    ax.get_yticklabels()[best].set_fontweight("bold")
-    ax.set_xlim(0, 1.25)
-    ax.set_xticks([0, 0.5, 1])
-    ax.invert_yaxis()
-    ax.set_box_aspect(1)
+    y = np.arange(len(probs), dtype=np.float64)
+    ax.barh(y, probs, color=[class_color(n, i) for i, n in enumerate(expl.class_names)], height=0.35)
+    for yi, (i, name) in zip(y, enumerate(expl.class_names)):
+        ax.text(0, yi - 0.22, f"{display_name(name)}  {probs[i]:.2f}", va="bottom", ha="left", fontsize=7,
+                fontweight="bold" if i == best else "normal")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(len(probs) - 0.6, -0.8)
+    ax.set_xticks([0, 0.5, 1], ["0", "0.5", "1"])
+    ax.set_yticks([])
+    ax.spines["left"].set_visible(False)
     ax.set_title("Class probability")
 
 
@@ -100,14 +108,14 @@ def _title(expl: Explanation) -> str:
     """Two or three short lines: file and model; prediction and view; the target if not the prediction."""
     source = _shorten(Path(expl.path).name if expl.path else "array input", 40)
     lines = [f"{source}  ·  model: {_shorten(expl.model_name or 'unnamed', 30)}"]
-    line2 = f"Predicted: {expl.predicted.replace('_', ' ')} (confidence {expl.confidence:.2f})"
+    line2 = f"Predicted: {display_name(expl.predicted)} (confidence {expl.confidence:.2f})"
     if expl.view_probabilities is not None and expl.view_names:
         vp = np.asarray(expl.view_probabilities)
         line2 += f"  ·  view: {expl.view_names[int(np.argmax(vp))]} ({float(np.max(vp)):.2f})"
     lines.append(line2)
     if expl.target_name != expl.predicted:
         p = float(np.asarray(expl.probabilities)[expl.target])
-        lines.append(f"Maps explain: {expl.target_name.replace('_', ' ')} (p = {p:.2f}), not the predicted class")
+        lines.append(f"Maps explain: {display_name(expl.target_name)} (p = {p:.2f}), not the predicted class")
     if expl.network in CASCADE_STAGES:
         lines.append(f"Maps: cascade {CASCADE_STAGES[expl.network]}")
     return "\n".join(lines)

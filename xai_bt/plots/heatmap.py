@@ -26,9 +26,9 @@ MASK_COLOR = OKABE_ITO["bluish_green"]
 
 def draw_heatmap(ax, image: np.ndarray, heatmap: np.ndarray, *, top_k: float | None = 0.1,
                  mask: np.ndarray | None = None, colorbar: Figure | None = None, mark_peak: bool = False) -> None:
-    """Map over the scan, opacity growing with |value| so the anatomy shows where the map is weak; the
-    top-`top_k` outline (None: none), the mask dashed, a labelled colour bar on `colorbar` (a Figure) and
-    the map's peak as a white + if asked."""
+    """Map over the scan, opacity growing with |value| from fully transparent at 0 (the anatomy shows
+    where the map is weak); the top-`top_k` outline (None: none), the mask dashed, a labelled colour bar
+    on `colorbar` (a Figure) and the map's peak as a white + if asked."""
     heatmap = np.nan_to_num(np.asarray(heatmap, dtype=np.float64))
     signed = is_signed(heatmap)
     scale = float(np.abs(heatmap).max()) or 1.0
@@ -36,7 +36,7 @@ def draw_heatmap(ax, image: np.ndarray, heatmap: np.ndarray, *, top_k: float | N
     cmap = DIVERGING_CMAP if signed else HEATMAP_CMAP
     ax.imshow(image, cmap="gray", vmin=0, vmax=255)
     strength = np.abs(heatmap) / scale
-    ax.imshow(heatmap, cmap=cmap, norm=norm, alpha=np.clip(1.5 * strength, 0, 0.85) if signed else 0.2 + 0.65 * strength)
+    ax.imshow(heatmap, cmap=cmap, norm=norm, alpha=np.clip(1.5 * strength, 0, 0.85))
     if top_k is not None:
         outline(ax, _smoothed(top_region(heatmap, top_k)), TOP_K_COLOR, "-")
     outline(ax, mask, MASK_COLOR, "--")
@@ -44,7 +44,8 @@ def draw_heatmap(ax, image: np.ndarray, heatmap: np.ndarray, *, top_k: float | N
         row, col = peak(heatmap)
         ax.plot(col, row, marker="+", color="white", ms=8, mew=1.5)
     if colorbar is not None:
-        bar = colorbar.colorbar(ScalarMappable(norm, cmap), ax=ax, shrink=0.8, pad=0.03, aspect=15)
+        cax = ax.inset_axes((1.04, 0.0, 0.06, 1.0))   # beside the map and as tall, however the grid is laid out
+        bar = colorbar.colorbar(ScalarMappable(norm, cmap), cax=cax)
         low = -scale if signed else 0.0
         ticks = [low, (low + scale) / 2, scale]  # labelled at both ends and the middle, 2 significant digits
         bar.set_ticks(ticks, labels=[f"{t:.2g}" if t else "0" for t in ticks])
