@@ -132,7 +132,7 @@ def load_bundle(path, args: argparse.Namespace):
     """The model a command runs on: an xai_bt bundle folder, or a Keras model file wrapped in memory with
     `--classes` and the input options; BundleError (one line naming the file) when neither works."""
     from xai_bt.model.bundle import BundleError, load_model
-    from xai_bt.model.imported import import_model, is_model_file
+    from xai_bt.model.imported import is_model_file
 
     given = [f"--{k.replace('_', '-')}" for k in ("classes", "pixel_scale", "input_size", "crop_to_head")
              if getattr(args, k, None) is not None]
@@ -140,8 +140,8 @@ def load_bundle(path, args: argparse.Namespace):
         if getattr(args, "classes", None) is None:
             raise BundleError(f"{path}: a Keras model, not an xai_bt bundle: pass --classes with its classes in "
                               "output order (e.g. --classes glioma,meningioma,no_tumor,pituitary)")
-        return import_model(path, args.classes, pixel_scale=args.pixel_scale, image_size=args.input_size,
-                            crop_to_head=args.crop_to_head)
+        return load_model(path, args.classes, pixel_scale=args.pixel_scale, image_size=args.input_size,
+                          crop_to_head=args.crop_to_head)
     if given:
         raise UsageError(f"{given[0]} is for a Keras model file (.keras, .h5, SavedModel); the bundle {path} "
                          "records its classes and preprocessing")

@@ -42,10 +42,11 @@ def main(args: argparse.Namespace) -> int:
         bundle = load_bundle(args.model or default_model_path(), args)
     except (BundleError, UsageError) as e:
         return fail(str(e))
-    for path in missing:
-        print_row({"path": path, "error": "no such file or folder"})
+    missing_rows = [{"path": p, "error": "no such file or folder"} for p in missing]
+    for row in missing_rows:
+        print_row(row)
     result = predict_files(bundle, files, batch_size=args.batch_size, calibrated=not args.raw, on_scan=print_row)
-    result.failures[:0] = [{"path": p, "error": "no such file or folder"} for p in missing]
+    result.failures[:0] = missing_rows
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_json(), indent=2) + "\n")
     if result.failures:

@@ -75,20 +75,28 @@ def declared_validation(bundle, data: str | os.PathLike, train_data: str | None,
     """An imported model's validation scans: every scan under ``data``, which its user declares held out
     (never trained on, not the test set), less the twins of the scans under ``train_data`` when given."""
     from xai_bt.data.datasets import load_dataset
-    from xai_bt.data.splits import leakage_free
     from xai_bt.model.provenance import declared_training_rows
 
     found = list(load_dataset(str(data)))
     if not found:
         raise ValueError(f"{data}: no scans to fit a temperature on")
-    n_twins = 0
-    if twin_free and train_data:
-        free = leakage_free(found, declared_training_rows(train_data))
-        n_twins = len(found) - sum(free)
-        found = [s for s, f in zip(found, free) if f]
-        if not found:
-            raise ValueError(f"{data}: every scan has a twin among the training scans under {train_data}")
+    if not (twin_free and train_data):
+        return found, [], 0
+    found, n_twins = _drop_twins(found, declared_training_rows(train_data),
+                                 f"{data}: every scan has a twin among the training scans under {train_data}")
     return found, [], n_twins
+
+
+def _drop_twins(scans: list, train: list, none_left: str) -> tuple[list, int]:
+    """`scans` less those with a twin (as it is, mirrored, flipped) among `train`, and how many went;
+    ValueError `none_left` when none is left."""
+    from xai_bt.data.splits import leakage_free
+
+    free = leakage_free(scans, train)
+    kept = [s for s, f in zip(scans, free) if f]
+    if not kept:
+        raise ValueError(none_left)
+    return kept, len(scans) - len(kept)
 
 
 def validation_samples(bundle, data: str | os.PathLike, twin_free: bool = True) -> tuple[list, list[str], int]:
@@ -100,7 +108,6 @@ def validation_samples(bundle, data: str | os.PathLike, twin_free: bool = True) 
     training rows is left out: a model trained with flips has in effect seen it, so it would make the
     temperature and the TTA choice too confident. Bundles split since twins are mirror-aware lose none."""
     from xai_bt.data.datasets import load_dataset
-    from xai_bt.data.splits import leakage_free
     from xai_bt.model.provenance import split_table
 
     table = split_table(bundle)
@@ -117,15 +124,11 @@ def validation_samples(bundle, data: str | os.PathLike, twin_free: bool = True) 
     if not found:
         raise ValueError(f"{data}: none of the {len(wanted)} validation scans of {bundle.path}/split.csv are "
                          f"there (e.g. {wanted[0]}); --data must be the model's training data root")
-    n_twins = 0
-    if twin_free:
-        train = [by_rel[rel] for rel, part in table.items() if part == "train" and rel in by_rel]
-        free = leakage_free(found, train)
-        n_twins = len(found) - sum(free)
-        found = [s for s, f in zip(found, free) if f]
-        if not found:
-            raise ValueError(f"{bundle.path}: every validation scan has a twin among its training scans; "
-                             "re-split the data (python -m xai_bt data audit ROOT --write-split)")
+    if not twin_free:
+        return found, missing, 0
+    train = [by_rel[rel] for rel, part in table.items() if part == "train" and rel in by_rel]
+    found, n_twins = _drop_twins(found, train, f"{bundle.path}: every validation scan has a twin among its training "
+                                               "scans; re-split the data (python -m xai_bt data audit ROOT --write-split)")
     return found, missing, n_twins
 
 

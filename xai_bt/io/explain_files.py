@@ -385,11 +385,12 @@ def plan_explain(model, inputs: Sequence[str | os.PathLike] | str | os.PathLike,
             raise FileNotFoundError(f"{mask}: no such mask file")
     bundle = model if isinstance(model, Bundle) else load_model(model)
     target = resolve_target(target, bundle.class_names)
-    check_layer(bundle, layer)
     if any(registry.spec(m).is_cam for m in methods):
         from xai_bt.model.provenance import cam_layer
 
         cam_layer(bundle, bundle.model, layer)  # a model with no spatial layer is refused here, not per scan
+    else:
+        check_layer(bundle, layer)
     return ExplainPlan(bundle, files, Path(out), methods, formats, target=target, layer=layer, top_k=top_k,
                        mask=Path(mask) if mask is not None else None, save_maps=save_maps, overwrite=overwrite,
                        resume=resume, shard=shard, batch_size=batch_size, workers=workers)

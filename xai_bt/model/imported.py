@@ -244,7 +244,9 @@ def expose_logits(model) -> tuple[Any, str]:
     activation = getattr(last, "activation", None)
     act_name = getattr(activation, "__name__", str(activation))
     if isinstance(last, keras.layers.Softmax) and last is model.layers[-1]:
-        inner = last._inbound_nodes[0].input_tensors[0]
+        from xai_bt.model.layers import node_tensors
+
+        inner = node_tensors(model, last)[0][0]
         return (keras.Model(model.inputs, inner, name=model.name),
                 f"pre-softmax logits (the input of the final Softmax layer {last.name!r})")
     if act_name == "softmax":

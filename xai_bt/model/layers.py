@@ -89,7 +89,7 @@ def resolve(model, name: str, candidates: list[str] | None = None) -> str:
                      f"e.g. {', '.join(paths[-5:])} (`explain --list-layers` lists them all)")
 
 
-def _node_tensors(outer, inner) -> tuple[list, list]:
+def node_tensors(outer, inner) -> tuple[list, list]:
     """The input and output tensors of `inner` (a layer of `outer`) in `outer`'s graph."""
     nodes = inner._inbound_nodes
     if len(nodes) != 1:
@@ -111,7 +111,7 @@ def activation_pass(model, path: str, score: Any) -> Callable[..., tuple[Any, An
         return lambda inputs, training=False: tuple(sub(inputs, training=training))
     if not is_nested_model(layer):
         raise ValueError(f"{head!r} in {model.name!r} is not a nested model, so it has no layer {rest!r}")
-    ins, outs = _node_tensors(model, layer)
+    ins, outs = node_tensors(model, layer)
     if len(ins) != 1 or len(outs) != 1 or len(layer.inputs) != 1:
         raise ValueError(f"nested model {head!r} must have one input and one output for layer paths")
     before = _part(model.inputs, ins[0])
