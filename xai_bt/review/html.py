@@ -1,14 +1,16 @@
 """Review content as HTML: one self-contained page (images as base64 PNG, inline CSS, no scripts).
 
-`render_report` makes the page `report` writes; `case_html`, `model_html`, `notes_html` and `page` are
-the pieces `serve` reuses, so the file and the web app show the same thing. Every text that comes from
-outside (file names, error messages, bundle fields) is HTML-escaped. `write_report` writes atomically.
+`render_report` makes the page `report` writes (and `serve` saves and serves); `case_html`, `model_html`,
+`notes_html` and `page` are the pieces both use, so the file and the web app show the same thing. Every
+text that comes from outside (file names, error messages, bundle fields) is HTML-escaped. `write_report`
+writes atomically.
 """
 from __future__ import annotations
 
 import base64
 import html
 import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -53,12 +55,14 @@ def img_tag(png: bytes, alt: str, cls: str = "") -> str:
     return f'<img{cls_attr} alt="{esc(alt)}" src="data:image/png;base64,{data}">'
 
 
-def page(title: str, body: str) -> str:
-    """A complete HTML document with the shared stylesheet inline."""
+def page(title: str, body: str, head: str = "", description: str | None = None) -> str:
+    """A complete HTML document with the shared stylesheet inline; `head`: more (trusted) head elements,
+    `description`: a one-line summary for the page's meta description (escaped here)."""
+    meta = f'<meta name="description" content="{esc(description)}">\n' if description else ""
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n{meta}'
             '<link rel="icon" href="data:,">\n'
-            f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+            f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n{head}</head>\n<body>\n{body}\n</body>\n</html>\n")
 
 
 def notes_html() -> str:
@@ -184,13 +188,17 @@ def _maps_table(case: dict[str, Any]) -> str:
 
 
 def render_report(cases: Sequence[dict[str, Any]], summary: dict[str, Any], title: str = "xai_bt review report",
-                  generated: datetime | None = None) -> str:
-    """The whole report page: header, reading notes, model summary, failures, then one section per scan."""
+                  generated: datetime | None = None, cases_first: bool = False) -> str:
+    """The whole report page: header, reading notes, model summary, failures, then one section per scan
+    (`cases_first`: the scans right after the header, as the web page shows one review)."""
     generated = generated or datetime.now(timezone.utc)
     failed = [c for c in cases if c["status"] != "ok"]
     head = (f"<h1>{esc(title)}</h1>\n<p class=\"meta\">{len(cases) - len(failed)} scan(s) reviewed, "
             f"{len(failed)} failed · model {esc(summary['name'])} · generated "
             f"{generated.strftime('%Y-%m-%d %H:%M UTC')} by xai_bt</p>")
+    if summary.get("description"):
+        head += (f'\n<p id="model-description">Model <strong>{esc(summary["name"])}</strong>: '
+                 f'{nowrap_counts(esc(summary["description"]))}</p>')
     failures = ""
     if failed:
         rows = "\n".join(f"<tr><td>{esc(c['name'])}</td><td>{esc(c['error'])}</td></tr>" for c in failed)
@@ -198,7 +206,25 @@ def render_report(cases: Sequence[dict[str, Any]], summary: dict[str, Any], titl
                     f"({len(failed)})</h2>\n<table>\n<tr><th>file</th><th>problem</th></tr>\n{rows}\n</table>\n"
                     "</section>")
     sections = "\n".join(case_html(c, i) for i, c in enumerate(c for c in cases if c["status"] == "ok"))
-    return page(title, "\n".join(p for p in (head, notes_html(), model_html(summary), failures, sections) if p))
+    parts = (head, failures, sections, notes_html(), model_html(summary)) if cases_first else \
+        (head, notes_html(), model_html(summary), failures, sections)
+    return page(title, "\n".join(p for p in parts if p), description=report_description(cases, summary))
+
+
+def nowrap_counts(escaped: str) -> str:
+    """Escaped text with each "n = 1311" kept on one line (non-breaking spaces)."""
+    return re.sub(r"\bn = (\d)", "n&nbsp;=&nbsp;\\1", escaped)
+
+
+def report_description(cases: Sequence[dict[str, Any]], summary: dict[str, Any]) -> str:
+    """One line on a report: "scan.jpg: pituitary (75.9%); model default" for one scan, counts for more."""
+    ok = [c for c in cases if c["status"] == "ok"]
+    if len(cases) == 1 and ok:
+        c = ok[0]
+        return f"{c['name']}: {display_name(c['prediction'])} ({c['confidence']:.1%}); model {summary['name']}"
+    if len(cases) == 1:
+        return f"{cases[0]['name']}: could not be reviewed; model {summary['name']}"
+    return f"{len(ok)} scan(s) reviewed, {len(cases) - len(ok)} failed; model {summary['name']}"
 
 
 def write_report(path: str | os.PathLike, text: str, overwrite: bool = False) -> Path:
