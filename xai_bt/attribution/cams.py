@@ -1,4 +1,5 @@
-"""The CAM family on one shared pass: Grad-CAM, Grad-CAM++, Layer-CAM, Score-CAM and Faster-ScoreCAM.
+"""The CAM family on one shared pass: Grad-CAM, Grad-CAM++, Layer-CAM, HiResCAM, XGrad-CAM, Score-CAM and
+Faster-ScoreCAM, and Layer-CAM fused over layers.
 
 As in pytorch-grad-cam, one compiled pass per (model, layer) returns the layer's activations, the
 gradients of the class score (logits) with respect to them, and the scores; each variant then only says
@@ -23,7 +24,7 @@ from xai_bt.attribution.gradients import (
     scores,
     unit_max,
 )
-from xai_bt.model.layers import activation_pass, resolve
+from xai_bt.model.layers import activation_pass, resolve, spatial_layer_shapes
 
 if TYPE_CHECKING:
     from xai_bt.attribution.registry import MethodSpec
@@ -101,6 +102,19 @@ def layercam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
     return (np.maximum(grads, 0) * acts).sum(axis=-1)
 
 
+def hirescam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """HiResCAM (Draelos & Carin 2020): element-wise gradient x activation summed over channels, no
+    averaging: provably highlights only locations that raise the score (Grad-CAM's mean can mislead)."""
+    return (grads * acts).sum(axis=-1)
+
+
+def xgradcam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """XGrad-CAM (Fu et al. 2020): channel weight = sum(gradient x activation) / sum(activation)."""
+    norm = acts.sum(axis=(1, 2))
+    weights = (grads * acts).sum(axis=(1, 2)) / np.where(norm == 0, 1.0, norm)
+    return np.einsum("nhwc,nc->nhw", acts, weights)
+
+
 # --- Score-CAM ----------------------------------------------------------------------------------------
 
 def scorecam(model, inputs: list[np.ndarray], targets: np.ndarray, acts: np.ndarray, batch_size: int,
@@ -127,6 +141,42 @@ def scorecam(model, inputs: list[np.ndarray], targets: np.ndarray, acts: np.ndar
         weights[img, j] = softmax(logits, axis=1)[np.arange(len(img)), targets[img]]
     selected = np.take_along_axis(acts, channels[:, None, None, :], axis=3)
     return np.einsum("nhwc,nc->nhw", selected, weights)
+
+
+# --- Layer-CAM fused over layers ---------------------------------------------------------------------
+
+FUSE_RULES = ("mean", "max", "product")
+
+
+def fusion_layers(model, n: int = 3) -> tuple[str, ...]:
+    """The last spatial layer at each of the `n` coarsest resolutions of `model`, coarse first (for an
+    EfficientNet at 160 px: the 5x5, 10x10 and 20x20 stages' outputs)."""
+    last_at: dict[tuple[int, int], str] = {}
+    for path, shape in spatial_layer_shapes(model):
+        last_at[shape[:2]] = path
+    return tuple(last_at[res] for res in sorted(last_at, key=lambda r: r[0] * r[1])[:n])
+
+
+def layercam_fusion(model, inputs: list[np.ndarray], targets: np.ndarray, acts: np.ndarray, batch_size: int,
+                    layers: Sequence[str] | None = None, fuse: str = "mean") -> np.ndarray:
+    """Layer-CAM on several layers, coarse to fine (Jiang et al. 2021 fuse layers this way): each layer's
+    map ReLU'd, upsampled to the finest layer's grid and scaled to [0, 1], then combined by `fuse` ("mean",
+    "max" or "product": the fine map gated by the coarse ones). `layers`: default `fusion_layers(model)`.
+    One CAM pass per layer; `acts` (the explanation's own layer) is not needed."""
+    if fuse not in FUSE_RULES:
+        raise ValueError(f"fuse must be one of {FUSE_RULES}, got {fuse!r}")
+    layers = tuple(layers) if layers else fusion_layers(model)
+    maps = []
+    for layer in layers:
+        a, g, _ = layer_pass(model, inputs, layer, targets, batch_size)
+        maps.append(np.maximum(layercam(a, g), 0))
+    size = max((m.shape[1:] for m in maps), key=lambda hw: hw[0] * hw[1])
+    scaled = np.stack([unit_max(upsample(m, size) if m.shape[1:] != size else m)[0] for m in maps])
+    if fuse == "max":
+        return scaled.max(axis=0)
+    if fuse == "product":
+        return np.prod(scaled, axis=0) ** (1 / len(scaled))
+    return scaled.mean(axis=0)
 
 
 # --- the family -------------------------------------------------------------------------------------------

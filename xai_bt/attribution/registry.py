@@ -3,8 +3,8 @@
 Three kinds, three calling conventions (the shared CAM pass computes activations and gradients once):
 
 - ``cam_weighting``: ``function(acts, grads) -> (N, h, w)``, a pure weighting of the layer's activations;
-- ``scored_cam``: ``function(model, inputs, targets, acts, batch_size, **options) -> (N, h, w)``, weights
-  from extra forward passes on masked images;
+- ``scored_cam``: ``function(model, inputs, targets, acts, batch_size, **options) -> (N, h, w)``, from
+  extra passes (forward passes on masked images, or CAM passes on other layers);
 - ``input_attribution``: ``function(model, inputs, targets, *, batch_size, **options) -> Attribution``.
 
 Adding a method is one function and one ``register`` call; `attribute`, the figures, the report, the web
@@ -111,9 +111,13 @@ def check_methods(methods: Sequence[str] | str) -> tuple[str, ...]:
 register("gradcam", "Grad-CAM", "cam_weighting", cams.gradcam, reference="Selvaraju et al. 2017")
 register("gradcam++", "Grad-CAM++", "cam_weighting", cams.gradcam_plus_plus, reference="Chattopadhyay et al. 2018")
 register("layercam", "Layer-CAM", "cam_weighting", cams.layercam, reference="Jiang et al. 2021")
+register("hirescam", "HiResCAM", "cam_weighting", cams.hirescam, reference="Draelos & Carin 2020")
+register("xgradcam", "XGrad-CAM", "cam_weighting", cams.xgradcam, reference="Fu et al. 2020")
 register("scorecam", "Score-CAM", "scored_cam", cams.scorecam, slow=True, reference="Wang et al. 2020")
 register("fasterscorecam", "Faster Score-CAM", "scored_cam", cams.scorecam, options={"max_n": 10},
          reference="Wang et al. 2020 (faster variant of tf-keras-vis)")
+register("layercam_fusion", "Layer-CAM (fused layers)", "scored_cam", cams.layercam_fusion,
+         options={"layers": None, "fuse": "mean"}, reference="Jiang et al. 2021 (layer fusion)")
 register("saliency", "Saliency", "input_attribution", gradients.saliency, reference="Simonyan et al. 2014")
 register("smoothgrad", "SmoothGrad", "input_attribution", gradients.smoothgrad, reference="Smilkov et al. 2017")
 register("integrated_gradients", "Integrated Gradients", "input_attribution", gradients.integrated_gradients,

@@ -41,6 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=float,
                    help="minutes of training (all phases); stops mid-epoch when spent, for same-budget comparisons")
     p.add_argument("--time-limit", type=float, help="minutes: stop after the epoch that passes it (job wall limits)")
+    p.add_argument("--focus-masks", metavar="ROOT",
+                   help="focus-guided training: a dataset with tumor masks (BRISC 2025) matched to the training "
+                        "scans through mirror-aware twins; the loss adds --focus-weight x the share of the true "
+                        "class's activation map outside the mask")
+    p.add_argument("--focus-weight", type=float, default=1.0, help="weight of the focus penalty (default 1.0)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoints")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--no-evaluate", action="store_true", help="skip the test-split evaluation after training")
@@ -55,6 +60,7 @@ def main(args: argparse.Namespace) -> int:
         weights=args.weights, schedule=args.schedule, patience=args.patience, dropout=args.dropout,
         augment=not args.no_augment, val_fraction=args.val_fraction, split_csv=args.split_csv, seed=args.seed,
         limit=args.limit, time_limit=args.time_limit, budget=args.budget, view_model=args.view_model, init_from=args.init_from, strategy=args.strategy,
+        focus_masks=args.focus_masks, focus_weight=args.focus_weight,
         preprocessing={"image_size": args.image_size, "crop_to_head": args.crop_to_head == "yes",
                        "denoise": args.denoise, "intensity": args.intensity},
     )

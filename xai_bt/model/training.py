@@ -59,6 +59,8 @@ class TrainConfig:
     strategy: str = "default"
     time_limit: float | None = None   # minutes; training stops after the epoch that passes it
     budget: float | None = None       # minutes of fitting; stops mid-epoch (same-budget comparisons)
+    focus_masks: str | None = None    # a masked dataset (BRISC 2025): focus-guided training (xai_bt.model.focus)
+    focus_weight: float = 1.0         # weight of the outside-the-mask CAM share in the loss
     preprocessing: dict[str, Any] = field(default_factory=dict)
 
 
@@ -172,10 +174,21 @@ def get_strategy(name: str):
 
 
 def make_input(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int,
-               extra: np.ndarray | None = None):
-    """tf.data pipeline (uint8 pixels cast to float on the fly) or, without TensorFlow, numpy arrays."""
+               extra: np.ndarray | None = None, masks: np.ndarray | None = None):
+    """tf.data pipeline (uint8 pixels cast to float on the fly) or, without TensorFlow, numpy arrays.
+    `masks` (N, S, S) uint8: focus-guided training's tumor masks, batched as ((scan, mask), label)."""
     import keras
 
+    if masks is not None:
+        import tensorflow as tf
+
+        ds = tf.data.Dataset.from_tensor_slices(((x, masks), y))
+        if shuffle:
+            ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size).map(lambda f, label: ((tf.cast(f[0], tf.float32)[..., None],
+                                                         tf.cast(f[1], tf.float32)[..., None]), label),
+                                      num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE), None
     if keras.backend.backend() != "tensorflow":
         xs = x.astype(np.float32)[..., None]
         return ([xs, extra] if extra is not None else xs), y
@@ -225,8 +238,11 @@ def _fit_phase(model, train_in, val_in, cfg: TrainConfig, lr: float, epochs: tup
             rate = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, steps * (epochs[1] - epochs[0])))
         else:
             rate = lr
-        model.compile(optimizer=keras.optimizers.AdamW(rate, weight_decay=cfg.weight_decay),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        optimizer = keras.optimizers.AdamW(rate, weight_decay=cfg.weight_decay)
+        if getattr(model, "name", "").startswith("focus_"):   # its train_step has its own loss
+            model.compile(optimizer=optimizer)
+        else:
+            model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
     if strategy is not None:
         with strategy.scope():
@@ -310,6 +326,15 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
                          f"{view_bundle.preprocessing.to_dict()}, this run uses {pre.to_dict()}; "
                          "a two-stage model needs one preprocessing for both stages")
     stages = _stages(cfg, class_names)
+    focus = None
+    if cfg.focus_masks:
+        from xai_bt.model.focus import match_masks
+
+        if len(stages) > 1 or cfg.view_model or keras.backend.backend() != "tensorflow":
+            raise ValueError("--focus-masks trains single-network tumor models on the TensorFlow backend")
+        focus = match_masks([samples[i] for i in idx["train"]], cfg.focus_masks, pre, cfg.dedup_threshold)
+        masks_all = np.zeros(x_all.shape, np.uint8)
+        masks_all[idx["train"]] = focus.masks
     networks, last_conv, histories = {}, None, {}
     fit_start = None  # the training budget counts fitting time only, not data preparation
     for stage, stage_classes, mapping in stages:
@@ -329,7 +354,13 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
             if cfg.init_from:
                 copied = init_from_bundle(built.model, cfg.init_from)
                 logger.info(f"initialised {copied} layers from {cfg.init_from}")
-            fit_model = training_model(built.model, cfg.augment, cfg.seed)
+            if focus is not None:
+                from xai_bt.model.focus import focus_trainer
+
+                fit_model = focus_trainer(built.model, built.last_conv_layer, cfg.focus_weight, cfg.augment,
+                                          cfg.seed)
+            else:
+                fit_model = training_model(built.model, cfg.augment, cfg.seed)
         last_conv = built.last_conv_layer
         stage_ckpt = ckpt / stage
         stage_ckpt.mkdir(exist_ok=True)
@@ -338,7 +369,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
         def data(part: str, shuffle: bool):
             ii = np.array(keep[part])
             return make_input(x_all[ii], y_stage[ii], batch, shuffle, cfg.seed,
-                              None if extra is None else extra[ii])
+                              None if extra is None else extra[ii],
+                              masks_all[ii] if focus is not None and part == "train" else None)
 
         train_in = data("train", True)
         vx, vy = data("val", False)
@@ -384,6 +416,9 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
                      "twin_transforms": list(TWIN_TRANSFORMS),
                      "replicas": strategy.num_replicas_in_sync if strategy is not None else 1},
     }
+    if focus is not None:
+        extra_cfg["training"]["focus"] = {"layer": last_conv, "weight": cfg.focus_weight,
+                                          **focus.report}
     if kind == "two_stage":
         extra_cfg["view_names"] = list(view_bundle.class_names)
         extra_cfg["view_model"] = str(cfg.view_model)
