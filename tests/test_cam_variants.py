@@ -78,3 +78,35 @@ def test_ig_baselines_and_completeness(small):
             assert (a.info["completeness_error"] < 0.05).all(), (baseline, spacing, a.info["completeness_error"])
     with pytest.raises(ValueError, match="baseline must be one of"):
         integrated_gradients(small, [x], np.array([0, 2], np.int32), baseline="white")
+
+
+def test_a_cam_method_can_carry_its_own_layer(small):
+    """"layercam@stage3_out" is Layer-CAM on stage3_out beside methods on the default layer, in one call."""
+    from xai_bt.attribution import registry
+    from xai_bt.names import display_name
+
+    x = _images(2, 32, seed=7)
+    both = explain_batch(small, x, [1, 2], ["gradcam", "layercam@stage3_out"], layer="stage4_out")
+    alone = explain_batch(small, x, [1, 2], ["layercam"], layer="stage3_out")
+    default = explain_batch(small, x, [1, 2], ["gradcam"], layer="stage4_out")
+    np.testing.assert_allclose(both["layercam@stage3_out"], alone["layercam"], atol=1e-6)
+    np.testing.assert_allclose(both["gradcam"], default["gradcam"], atol=1e-6)
+    assert display_name("layercam@stage3_out") == "Layer-CAM (stage3_out)"
+    with pytest.raises(ValueError, match="only CAM methods take a layer"):
+        registry.spec("saliency@stage3_out")
+    with pytest.raises(ValueError, match="unknown method"):
+        registry.check_methods("gradcam@stage3_out,nonsense")
+
+
+def test_sidecars_warn_when_integrated_gradients_is_inexact():
+    from xai_bt.attribution.result import Explanation
+    from xai_bt.attribution.summary import explanation_summary
+
+    maps = {"integrated_gradients": np.random.default_rng(0).normal(size=(16, 16)).astype(np.float32)}
+    base = dict(image=np.zeros((16, 16), np.float32), maps=maps, target=0, target_name="glioma",
+                probabilities=np.array([0.7, 0.1, 0.1, 0.1]), class_names=("glioma", "meningioma", "no_tumor",
+                                                                          "pituitary"))
+    exact = explanation_summary(Explanation(**base, extra={"integrated_gradients": {"completeness_error": 0.01}}))
+    loose = explanation_summary(Explanation(**base, extra={"integrated_gradients": {"completeness_error": 0.2}}))
+    assert "warning" not in exact["methods"]["integrated_gradients"]
+    assert "20%" in loose["methods"]["integrated_gradients"]["warning"]

@@ -12,15 +12,17 @@ def test_every_method_has_one_spec_with_a_kind_label_and_callable():
         spec = registry.spec(name)
         assert spec.kind in registry.KINDS and callable(spec.function) and spec.label
         assert registry.OPTIONS[name] == dict(spec.options)
-    assert set(registry.names(kind=registry.CAM_KINDS)) == {"gradcam", "gradcam++", "layercam", "scorecam",
-                                                             "fasterscorecam"}
+    assert set(registry.names(kind=registry.CAM_KINDS)) == {"gradcam", "gradcam++", "layercam", "hirescam",
+                                                             "xgradcam", "scorecam", "fasterscorecam",
+                                                             "layercam_fusion"}
     for defaults in (registry.EXPLAIN_DEFAULT, registry.REVIEW_DEFAULT, registry.AUDIT_DEFAULT):
         assert registry.check_methods(defaults) == defaults
 
 
 def test_options_come_from_the_function_signature():
     assert registry.spec("smoothgrad").options == {"smooth_samples": 25, "smooth_noise": 0.15, "seed": 0}
-    assert registry.spec("integrated_gradients").options == {"steps": 64}
+    assert registry.spec("integrated_gradients").options == {"steps": 128, "baseline": "black",
+                                                              "spacing": "quadratic", "blur_sigma": 0.1}
     assert registry.spec("fasterscorecam").options == {"max_n": 10}
     assert registry.spec("gradcam").options == {}
 

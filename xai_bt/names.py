@@ -22,6 +22,14 @@ _SPECIAL: dict[str, str] = {
     "leakage_free": "leakage-free",
     "pointing_game": "pointing game",
     "energy_pointing_game": "energy (mass inside the tumor)",
+    "topk_iou": "top-k IoU",
+    "deletion_auc": "deletion AUC",
+    "insertion_auc": "insertion AUC",
+    "road_morf": "ROAD most-relevant-first",
+    "road_lerf": "ROAD least-relevant-first",
+    "outside_head_share": "share outside the head",
+    "corner_share": "share in the corners",
+    "mask_fraction": "mask area fraction",
 }
 
 
@@ -31,7 +39,7 @@ def display_name(name: object) -> str:
     key = str(name)
     from xai_bt.attribution import registry  # light: no Keras at import
 
-    if key in registry.names():
+    if registry.is_method(key):
         return registry.label(key)
     return _SPECIAL.get(key, key.replace("_", " "))
 

@@ -90,7 +90,7 @@ def gradcam_plus_plus(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
     exp(score) cancels in alpha and only scales the map, so it is left out (no overflow for large logits)."""
     g2, g3 = grads ** 2, grads ** 3
     denom = 2 * g2 + acts.sum(axis=(1, 2), keepdims=True) * g3
-    alphas = g2 / np.where(g2 == 0, 1.0, denom)
+    alphas = g2 / np.where(denom != 0, denom, 1.0)     # as tf-keras-vis: a zero denominator counts as 1
     norm = alphas.sum(axis=(1, 2), keepdims=True)
     alphas = alphas / np.where(norm == 0, 1.0, norm)
     weights = (alphas * np.maximum(grads, 0)).sum(axis=(1, 2))

@@ -54,18 +54,23 @@ def attribute(keras_model, x: np.ndarray, targets: int | Sequence[int] | np.ndar
         raise ValueError(f"targets must be class indices in [0, {n_classes}), got {sorted(set(t.tolist()))}")
     _check_options(methods, options)
 
-    specs = [registry.spec(m) for m in methods]
-    family = [s for s in specs if s.is_cam]
     out: dict[str, Attribution] = {}
-    if family:
-        layer = layer or provenance.default_layer(keras_model)
+    by_layer: dict[str | None, list[str]] = {}       # CAM methods by their own layer (None: `layer`)
+    for m in methods:
+        if registry.spec(m).is_cam:
+            by_layer.setdefault(registry.split_layer(m)[1], []).append(m)
+    for own_layer, names in by_layer.items():
+        family = [registry.spec(m) for m in names]
+        at = own_layer or layer or provenance.default_layer(keras_model)
         cam_options = {k: v for k, v in options.items() if any(k in s.options for s in family)}
-        out.update(cams.cam_family(keras_model, inputs, t, family, layer, batch_size=batch_size,
-                                   passes=cam_passes, **cam_options))
-    for s in specs:
+        done = cams.cam_family(keras_model, inputs, t, family, at, batch_size=batch_size,
+                               passes=cam_passes if own_layer is None else None, **cam_options)
+        out.update({m: done[registry.spec(m).name] for m in names})
+    for m in methods:
+        s = registry.spec(m)
         if not s.is_cam:
             own = {k: v for k, v in options.items() if k in s.options}
-            out[s.name] = s.function(keras_model, inputs, t, batch_size=batch_size, **own)
+            out[m] = s.function(keras_model, inputs, t, batch_size=batch_size, **own)
     return {m: out[m] for m in methods}
 
 

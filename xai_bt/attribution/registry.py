@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 from xai_bt.attribution import cams, gradients, occlusion, shapley
 
 __all__ = ["KINDS", "MethodSpec", "register", "unregister", "spec", "names", "label", "check_methods", "METHODS", "OPTIONS",
+           "LAYER_SEP", "split_layer", "is_method",
            "EXPLAIN_DEFAULT", "REVIEW_DEFAULT", "AUDIT_DEFAULT"]
 
 KINDS = ("cam_weighting", "scored_cam", "input_attribution")
@@ -75,12 +76,36 @@ def unregister(name: str) -> MethodSpec:
     return _REGISTRY.pop(spec(name).name)
 
 
+#: joins a CAM method and its own layer: "layercam@block6a_expand_activation"
+LAYER_SEP = "@"
+
+
+def split_layer(name: str) -> tuple[str, str | None]:
+    """("layercam", "block6a_expand_activation") for "layercam@block6a_expand_activation"; (name, None)."""
+    base, sep, layer = name.partition(LAYER_SEP)
+    return (base, layer or None) if sep else (name, None)
+
+
 def spec(name: str) -> MethodSpec:
-    """The registered method `name`; a ValueError naming the choices otherwise."""
+    """The registered method `name` (a CAM method may carry its own layer, "name@layer"); a ValueError
+    naming the choices otherwise."""
+    base, layer = split_layer(name)
     try:
-        return _REGISTRY[name]
+        found = _REGISTRY[base]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(_REGISTRY)}") from None
+    if layer is not None and not found.is_cam:
+        raise ValueError(f"{name!r}: only CAM methods take a layer ({base} works on the input)")
+    return found
+
+
+def is_method(name: str) -> bool:
+    """`name` is a registered method, or a CAM method with its own layer."""
+    try:
+        spec(name)
+    except ValueError:
+        return False
+    return True
 
 
 def names(kind: str | Sequence[str] | None = None, slow: bool | None = None) -> tuple[str, ...]:
@@ -91,8 +116,12 @@ def names(kind: str | Sequence[str] | None = None, slow: bool | None = None) -> 
 
 
 def label(name: str) -> str:
-    """How a method is named in figures and pages; an unregistered name is shown as it is."""
-    return _REGISTRY[name].label if name in _REGISTRY else name
+    """How a method is named in figures and pages ("Layer-CAM (block6a_expand_activation)" for a CAM
+    method on its own layer); an unregistered name is shown as it is."""
+    if not is_method(name):
+        return name
+    base, layer = split_layer(name)
+    return _REGISTRY[base].label + (f" ({layer})" if layer else "")
 
 
 def check_methods(methods: Sequence[str] | str) -> tuple[str, ...]:
@@ -100,7 +129,7 @@ def check_methods(methods: Sequence[str] | str) -> tuple[str, ...]:
     if isinstance(methods, str):
         methods = names() if methods.strip().lower() == "all" else [m.strip() for m in methods.split(",") if m.strip()]
     methods = tuple(dict.fromkeys(methods))
-    unknown = [m for m in methods if m not in _REGISTRY]
+    unknown = [m for m in methods if not is_method(m)]
     if unknown or not methods:
         raise ValueError(f"unknown method(s) {unknown or list(methods)}; choose from {', '.join(_REGISTRY)}")
     return methods

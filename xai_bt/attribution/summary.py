@@ -125,4 +125,13 @@ def explanation_summary(expl: Explanation, top_k: float = 0.1) -> dict[str, Any]
     for m, method in out["methods"].items():
         if isinstance(expl.extra.get(m), dict):      # settings and checks the method reported
             method["details"] = expl.extra[m]
+            error = expl.extra[m].get("completeness_error")
+            if error is not None and error > COMPLETENESS_TOLERANCE:
+                method["warning"] = (f"attributions sum to within {error:.0%} of the score change, not "
+                                     f"{COMPLETENESS_TOLERANCE:.0%}: the path integral is inexact for this scan "
+                                     "(raise steps)")
     return out
+
+
+#: Integrated Gradients' completeness error above which a sidecar warns
+COMPLETENESS_TOLERANCE = 0.05

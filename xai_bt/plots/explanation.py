@@ -44,7 +44,7 @@ def plot_explanation(expl: Explanation, top_k: float = 0.1, mask: np.ndarray | N
         _draw_probabilities(axes[1], expl)
         for ax, (method, heatmap) in zip(axes[2:], expl.maps.items()):
             draw_heatmap(ax, expl.image, heatmap, top_k=top_k, mask=mask, colorbar=fig, mark_peak=True)
-            ax.set_title(display_name(method))
+            ax.set_title(_panel_title(method))
         for ax in axes[n_panels:]:
             ax.set_axis_off()
         handles = legend_handles(top_k, mask is not None, peak=True)
@@ -73,6 +73,12 @@ def plot_map_tile(expl: Explanation, method: str, top_k: float = 0.1, mask: np.n
         fig.legend(handles=legend_handles(top_k, mask is not None, peak=True), loc="outside lower center",
                    ncols=2, fontsize=7)
     return fig
+
+
+def _panel_title(method: str) -> str:
+    """A method's name for a 1.8 in panel: a long one breaks before its parenthesis."""
+    name = display_name(method)
+    return name.replace(" (", "\n(", 1) if len(name) > 20 else name
 
 
 def _draw_scan(ax, image: np.ndarray, mask: np.ndarray | None) -> None:
