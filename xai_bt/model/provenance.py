@@ -118,3 +118,41 @@ def default_layer(model) -> str:
         raise ValueError(f"model {model.name!r} has no spatial (N, H, W, C) layer for CAM methods (a SavedModel "
                          "shows none: give the .keras or .h5 file for CAMs; gradient and occlusion methods work)")
     return spatial[-1]
+
+
+def recommended_explanation(bundle) -> dict[str, Any] | None:
+    """The explanation an audit recommended for this bundle (`xai_bt.audit.recommend`), or None."""
+    rec = bundle.config.get("explanation")
+    return rec if isinstance(rec, dict) and rec.get("method") else None
+
+
+def default_methods(bundle, purpose: str) -> tuple[str, ...]:
+    """What to run when no method is named: for "explain", the audit's recommended method (else
+    registry.EXPLAIN_DEFAULT); for "review", it first, then Grad-CAM for comparison (else REVIEW_DEFAULT);
+    for "audit", `audit_candidates`, the recommended one first."""
+    from xai_bt.attribution import registry
+
+    rec = recommended_explanation(bundle)
+    first = (rec["method"],) if rec and registry.is_method(rec["method"]) else ()
+    if purpose == "explain":
+        return first or registry.EXPLAIN_DEFAULT
+    if purpose == "review":
+        return tuple(dict.fromkeys(first + registry.REVIEW_DEFAULT))[:2] if first else registry.REVIEW_DEFAULT
+    if purpose == "audit":
+        return tuple(dict.fromkeys(first + audit_candidates(bundle)))
+    raise ValueError(f"purpose must be explain, review or audit, got {purpose!r}")
+
+
+def audit_candidates(bundle) -> tuple[str, ...]:
+    """The methods a plain audit compares: registry.AUDIT_DEFAULT, plus Layer-CAM and HiResCAM on the last
+    layer of each finer resolution (`cams.fusion_layers`: e.g. 10x10 and 20x20), plus their fusion."""
+    from xai_bt.attribution import registry
+    from xai_bt.attribution.cams import fusion_layers
+
+    try:
+        finer = fusion_layers(bundle.model, 3)[1:]
+    except (ValueError, AttributeError):          # no spatial layers (a SavedModel): gradient methods only
+        return registry.AUDIT_DEFAULT
+    variants = tuple(f"{m}{registry.LAYER_SEP}{layer}" for layer in finer for m in ("layercam", "hirescam"))
+    return registry.AUDIT_DEFAULT + variants + (("layercam_fusion",) if finer else ())
+
