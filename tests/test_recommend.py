@@ -65,3 +65,38 @@ def test_stored_recommendation_sets_the_default_methods(tmp_path):
     assert default_methods(plain, "explain") == ("gradcam",)
     with pytest.raises(ValueError, match="purpose"):
         default_methods(bundle, "other")
+
+
+@pytest.fixture(scope="module")
+def recommended_bundle(tmp_path_factory):
+    """A copy of the shipped default bundle whose (synthetic) audit recommends Layer-CAM on a 10x10 layer."""
+    import shutil
+
+    src = Path(__file__).resolve().parents[1] / "models" / "default"
+    root = tmp_path_factory.mktemp("models")
+    dst = root / "default"
+    shutil.copytree(src, dst)
+    store(dst, recommend(_summary({"gradcam": 0.27, "layercam@block6a_expand_activation": 0.62})))
+    return dst
+
+
+def test_review_and_serve_show_the_recommended_explanation_first(recommended_bundle, tmp_path):
+    from conftest import SAMPLES
+
+    from xai_bt.model.bundle import load_model
+    from xai_bt.review.case import model_summary, review_scan
+    from xai_bt.review.html import render_report
+    from xai_bt.review.server import form_html, make_app
+
+    bundle = load_model(recommended_bundle)
+    case = review_scan(bundle, str(SAMPLES / "glioma.jpg"))
+    assert [t["method"] for t in case["tiles"]] == ["layercam@block6a_expand_activation", "gradcam"]
+    page = render_report([case], model_summary(bundle))
+    assert "Recommended by the audit." in page and "peak inside the tumor on 62% of 200 unseen scans" in page
+    assert "Layer-CAM (block6a_expand_activation)" in page
+    app = make_app(recommended_bundle.parent, tmp_path / "reviews")
+    assert app.default_checked() == ("layercam@block6a_expand_activation", "gradcam")
+    assert "layercam@block6a_expand_activation" in app.offered()
+    form = form_html(app)
+    assert 'value="layercam@block6a_expand_activation" data-label="Layer-CAM (block6a_expand_activation)"' in form
+    assert app.choices({})["methods"] == ["layercam@block6a_expand_activation", "gradcam"]

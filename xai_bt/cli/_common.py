@@ -63,14 +63,21 @@ def methods_help(default: str) -> str:
     from xai_bt.attribution import registry
 
     return (f"comma-separated methods, or 'all' (default: {default}); one of: {', '.join(registry.names())} "
-            "(slow: " + ", ".join(m for m in registry.names() if registry.spec(m).slow) + ")")
+            "(slow: " + ", ".join(m for m in registry.names() if registry.spec(m).slow) + "); a CAM method "
+            f"may name its own layer, e.g. layercam{registry.LAYER_SEP}block6a_expand_activation")
+
+
+def _lowered_method(name: str) -> str:
+    """A method name in lower case; a layer after it ("layercam@Conv_1") keeps its case."""
+    base, sep, layer = name.partition("@")
+    return base.lower() + sep + layer
 
 
 def parse_methods(text: str) -> list[str]:
     """'gradcam,layercam' or 'all' -> registered method names, in the order given (`registry.check_methods`)."""
     from xai_bt.attribution import registry
 
-    names = [m.strip().lower() for m in text.split(",") if m.strip()]
+    names = [_lowered_method(m.strip()) for m in text.split(",") if m.strip()]
     try:
         return list(registry.check_methods("all" if text.strip().lower() == "all" else names))
     except ValueError:

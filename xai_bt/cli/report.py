@@ -19,8 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="the HTML file to write, e.g. report.html")
     p.add_argument("--model", help="model bundle, or your own Keras model file with --classes (default: the shipped default model)")
     p.add_argument("--view-model", help="view (plane) classifier bundle, for single-stage models")
-    p.add_argument("--methods", default="gradcam,layercam",
-                   help=methods_help("gradcam,layercam"))
+    p.add_argument("--methods", default=None,
+                   help=methods_help("the model's audit-recommended method and Grad-CAM; gradcam,layercam "
+                                     "for a model without an audit recommendation"))
     p.add_argument("--top-k", type=float, default=0.1, help="fraction of pixels outlined per map (default: 0.1)")
     p.add_argument("--title", default="xai_bt review report", help="page title")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -34,7 +35,7 @@ def main(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     try:
-        methods = parse_methods(args.methods)
+        methods = parse_methods(args.methods) if args.methods else None
         check_numbers(args.top_k, 1)
         if out.is_dir():
             raise UsageError(f"{out}: is a folder; give a file name such as report.html")
@@ -58,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
     return write(cases, bundle, out, args)
 
 
-def review_files(files: list[str], bundle, methods: list[str], view_bundle, top_k: float) -> list[dict]:
+def review_files(files: list[str], bundle, methods: list[str] | None, view_bundle, top_k: float) -> list[dict]:
     """Review each file in turn; a bad file or a failed explanation only fails its own entry."""
     from tqdm import tqdm
 

@@ -121,15 +121,16 @@ def default_layer(model) -> str:
 
 
 def recommended_explanation(bundle) -> dict[str, Any] | None:
-    """The explanation an audit recommended for this bundle (`xai_bt.audit.recommend`), or None."""
-    rec = bundle.config.get("explanation")
+    """The explanation an audit recommended for this bundle (or its bundle.json dict), or None."""
+    rec = (bundle if isinstance(bundle, dict) else bundle.config).get("explanation")
     return rec if isinstance(rec, dict) and rec.get("method") else None
 
 
 def default_methods(bundle, purpose: str) -> tuple[str, ...]:
     """What to run when no method is named: for "explain", the audit's recommended method (else
     registry.EXPLAIN_DEFAULT); for "review", it first, then Grad-CAM for comparison (else REVIEW_DEFAULT);
-    for "audit", `audit_candidates`, the recommended one first."""
+    for "audit", `audit_candidates`, the recommended one first. `bundle` may be its bundle.json dict, except
+    for "audit"."""
     from xai_bt.attribution import registry
 
     rec = recommended_explanation(bundle)

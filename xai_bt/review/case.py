@@ -15,13 +15,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xai_bt.attribution.registry import REVIEW_DEFAULT
 from xai_bt.data.sample import ImageError
 from xai_bt.names import display_name
 from xai_bt.plots.style import figure_png
 
 #: Methods used when the caller names none: fast, and the two CAMs the focus audit compares.
-DEFAULT_METHODS: tuple[str, ...] = REVIEW_DEFAULT
 #: Below this calibrated confidence a case gets an "uncertain" note.
 LOW_CONFIDENCE = 0.6
 #: Resolution of the embedded images: a heatmap tile (3.6 in) at TILE_DPI draws its map over 320 px wide.
@@ -55,21 +53,27 @@ HEATMAP_NOTES: tuple[str, ...] = (
 
 
 def review_scan(bundle, source: str | os.PathLike | bytes, name: str | None = None,
-                methods: Sequence[str] = DEFAULT_METHODS, view_bundle=None, top_k: float = 0.1) -> dict[str, Any]:
+                methods: Sequence[str] | None = None, view_bundle=None, top_k: float = 0.1) -> dict[str, Any]:
     """Explain one scan and return its review content; raises ImageError for a file that is not a scan.
+    `methods` default to the bundle's audit recommendation and Grad-CAM (`provenance.default_methods`);
+    each heatmap tile carries its audit score when the bundle's audit measured that method.
 
     `source` is a path or the raw bytes of an upload (then `name` is how it is called on the page and in
     errors; it is never used as a path). `view_bundle` is an optional view (plane) classifier.
     """
     from xai_bt.attribution.explain import explain
     from xai_bt.attribution.summary import GEOMETRY_KEY, explanation_summary, scan_geometry
+    from xai_bt.audit.recommend import score_line
     from xai_bt.data.decode import read_image
+    from xai_bt.model.provenance import default_methods, recommended_explanation
     from xai_bt.plots.explanation import plot_map_tile
 
     label = name if name is not None else str(source)
     gray = read_image(source, name=label)
     x = bundle.prepare(gray)
-    expl = explain(bundle, x, methods=tuple(methods))[0]
+    methods = tuple(methods) if methods else default_methods(bundle, "review")
+    expl = explain(bundle, x, methods=methods)[0]
+    rec = recommended_explanation(bundle) or {}
     expl.path = label
     expl.extra[GEOMETRY_KEY] = scan_geometry(gray.shape, bundle.preprocessing.head_box(gray))
     view_source = "two-stage model" if expl.view_probabilities is not None else None
@@ -86,7 +90,8 @@ def review_scan(bundle, source: str | os.PathLike | bytes, name: str | None = No
         "methods": list(expl.maps), "maps": summary["methods"], "layer": expl.layer, "top_k": top_k,
         "original_shape": list(gray.shape), "input_size": int(x.shape[1]),
         "scan_png": scan_png(gray), "model_input_png": scan_png(expl.image.astype(np.uint8)),
-        "tiles": [{"method": m, "png": figure_png(plot_map_tile(expl, m, top_k), TILE_DPI)} for m in expl.maps],
+        "tiles": [{"method": m, "png": figure_png(plot_map_tile(expl, m, top_k), TILE_DPI),
+                   "audit": score_line(rec, m), "recommended": m == rec.get("method")} for m in expl.maps],
         "notes": case_notes(summary, bundle),
     }
 

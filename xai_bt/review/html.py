@@ -136,8 +136,8 @@ def case_html(case: dict[str, Any], index: int = 0) -> str:
                 f'{esc(case["view_source"])})</p>')
     notes = "".join(f"<li>{esc(n)}</li>" for n in case.get("notes", []))
 
-    tiles = "\n".join(f'<figure>{img_tag(t["png"], "heatmap: " + display_name(t["method"]), "tile")}</figure>'
-                       for t in case.get("tiles", []))
+    tiles = "\n".join(f'<figure>{img_tag(t["png"], "heatmap: " + display_name(t["method"]), "tile")}'
+                       f'{_tile_caption(t)}</figure>' for t in case.get("tiles", []))
     return f"""<section class="case" id="case-{index}">
 {title}
 <p class="prediction">Predicted:
@@ -239,3 +239,13 @@ def write_report(path: str | os.PathLike, text: str, overwrite: bool = False) ->
     target.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(target, text.encode("utf-8"))
     return target
+
+
+def _tile_caption(tile: dict[str, Any]) -> str:
+    """Under a heatmap: its audit score ("audit: peak inside the tumor on 67% of 281 unseen scans"), and
+    whether the audit recommends it; nothing for a method the bundle's audit did not measure."""
+    if not tile.get("audit"):
+        return ""
+    lead = "<strong>Recommended by the audit.</strong> " if tile.get("recommended") else ""
+    return f'<figcaption class="audit">{lead}{esc(tile["audit"])}</figcaption>'
+

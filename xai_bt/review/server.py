@@ -41,7 +41,6 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 #: Methods offered on the page (every registered one), with a hint for the slow ones (seconds per scan on a CPU).
 WEB_METHODS: dict[str, str] = {m: registry.label(m) + (" (slow)" if registry.spec(m).slow else "")
                                for m in registry.names()}
-DEFAULT_CHECKED = registry.REVIEW_DEFAULT
 ACCEPT = ".jpg,.jpeg,.png,.tif,.tiff,.bmp,.dcm,.dicom,image/*,application/dicom"
 #: Saved review pages: <UTC time>-<8 hex digits, random>[-<the upload's name, reduced>].html
 REVIEW_NAME = re.compile(r"^([0-9]{8}-[0-9]{6})-[0-9a-f]{8}(-[A-Za-z0-9_-]{1,40})?\.html$")
@@ -136,6 +135,7 @@ class App:
     max_bytes: int = MAX_UPLOAD_BYTES
     default_model: str | None = None
     descriptions: dict[str, str] = field(default_factory=dict)
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)   # model -> its bundle.json
     timings: Timings = field(default_factory=Timings)
     _cache: dict[str, Any] = field(default_factory=dict)
     _load_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -164,8 +164,26 @@ class App:
             self.models = {name: Path(path), **self.models}
             self._cache[name] = bundle
         self.descriptions[name] = model_description(bundle.config)
+        self.configs[name] = bundle.config
         self.default_model = name
         return name
+
+    def offered(self) -> dict[str, str]:
+        """Method -> label of every method the page offers: every registered one, and each model's
+        audit-recommended method (a CAM method on its own layer)."""
+        from xai_bt.model.provenance import recommended_explanation
+
+        extra = {rec["method"]: registry.label(rec["method"]) + " (the audit's choice)"
+                 for c in self.configs.values() if (rec := recommended_explanation(c))
+                 and registry.is_method(rec["method"]) and rec["method"] not in WEB_METHODS}
+        return {**WEB_METHODS, **extra}
+
+    def default_checked(self) -> tuple[str, ...]:
+        """The methods checked at first: the default model's recommendation and Grad-CAM, else the review
+        defaults."""
+        from xai_bt.model.provenance import default_methods
+
+        return default_methods(self.configs.get(self.default_model or "", {}), "review")
 
     def choices(self, form: Mapping[str, Any]) -> dict[str, Any]:
         """Model, view model and methods from a submitted form (a MultiDict), each checked against what the
@@ -173,15 +191,16 @@ class App:
         getlist = getattr(form, "getlist", lambda key: [form[key]] if key in form else [])
         model = (getlist("model") or [self.default_model or ""])[0]
         view_model = (getlist("view_model") or [""])[0] or None
-        methods = list(dict.fromkeys(getlist("methods") or DEFAULT_CHECKED))
+        methods = list(dict.fromkeys(getlist("methods") or self.default_checked()))
         chosen = {"model": model, "view_model": view_model, "methods": methods}
         if model not in self.models:
             raise RequestError(400, f"unknown model {model!r}; choose one of {', '.join(self.models)}")
         if view_model is not None and view_model not in self.view_models:
             raise RequestError(400, f"unknown view model {view_model!r}")
-        bad = [m for m in methods if m not in WEB_METHODS]
+        offered = self.offered()
+        bad = [m for m in methods if m not in offered]
         if bad:
-            raise RequestError(400, f"unknown method {bad[0]!r}; choose from {', '.join(WEB_METHODS)}")
+            raise RequestError(400, f"unknown method {bad[0]!r}; choose from {', '.join(offered)}")
         return chosen
 
     def review(self, filename: str, data: bytes, chosen: dict[str, Any]) -> str:
@@ -219,14 +238,14 @@ class App:
         try:
             bundle, data = self.bundle(model), scan.read_bytes()
             with self.run_lock:
-                review_scan(bundle, data, name=scan.name, methods=DEFAULT_CHECKED)
+                review_scan(bundle, data, name=scan.name, methods=self.default_checked())
                 start = time.perf_counter()
-                review_scan(bundle, data, name=scan.name, methods=DEFAULT_CHECKED)
+                review_scan(bundle, data, name=scan.name, methods=self.default_checked())
                 seconds = time.perf_counter() - start
         except Exception as e:  # a warm-up failure must not stop the server; the reviews report their own
             logger.warning("warm-up of %s skipped: %s: %s", model, type(e).__name__, _first_line(e))
             return None
-        self.timings.record(model, DEFAULT_CHECKED, seconds)
+        self.timings.record(model, self.default_checked(), seconds)
         return seconds
 
     def recent(self, n: int = RECENT_REVIEWS) -> list[tuple[str, str, str]]:
@@ -269,8 +288,9 @@ def make_app(models_dir: str | Path = "models", out_dir: str | Path = "reviews",
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     default = "default" if "default" in models else next(iter(models))
-    descriptions = {name: model_description(read_config(path)) for name, path in {**views, **models}.items()}
-    return App(models, views, out, max_bytes, default, descriptions)
+    configs = {name: read_config(path) for name, path in {**views, **models}.items()}
+    descriptions = {name: model_description(c) for name, c in configs.items()}
+    return App(models, views, out, max_bytes, default, descriptions, {n: configs[n] for n in models})
 
 
 # --- names ----------------------------------------------------------------------------------------
@@ -316,18 +336,18 @@ def _model_option(app: App, name: str, selected: bool) -> str:
     """One model <option>: its name and description, its measured seconds per method, whether it is loaded."""
     from xai_bt.review.html import esc
 
-    seconds = json.dumps({m: s for m, s in app.timings.of(name).items() if m in WEB_METHODS})
+    seconds = json.dumps({m: s for m, s in app.timings.of(name).items() if m in app.offered()})
     desc = app.descriptions.get(name, "")
     return (f'<option value="{esc(name)}"{" selected" if selected else ""} data-seconds="{esc(seconds)}" '
             f'data-loaded="{int(app.is_loaded(name))}" title="{esc(desc)}">{esc(name)}'
             f'{" — " + esc(desc) if desc else ""}</option>')
 
 
-def _method_box(method: str, label: str, checked: bool) -> str:
+def _method_box(method: str, label: str, checked: bool, defaults: tuple[str, ...]) -> str:
     """One method checkbox; `data-label` names it in the busy message, `data-default` marks the defaults."""
     from xai_bt.review.html import esc
 
-    default = ' data-default="1"' if method in DEFAULT_CHECKED else ""
+    default = ' data-default="1"' if method in defaults else ""
     return (f'<label><input type="checkbox" name="methods" value="{esc(method)}" '
             f'data-label="{esc(registry.label(method))}"{default}{" checked" if checked else ""}> '
             f"{esc(label)}</label> ")
@@ -339,13 +359,14 @@ def form_html(app: App, chosen: dict[str, Any] | None = None) -> str:
 
     chosen = chosen or {}
     model = chosen.get("model", app.default_model)
-    methods = chosen.get("methods", DEFAULT_CHECKED)
+    defaults = app.default_checked()
+    methods = chosen.get("methods", defaults)
     opts = "".join(_model_option(app, n, n == model) for n in app.models)
     view_opts = '<option value="">none (two-stage models report their own view)</option>' + "".join(
         f'<option value="{esc(n)}"{" selected" if n == chosen.get("view_model") else ""} '
         f'title="{esc(app.descriptions.get(n, ""))}">{esc(n)} — {esc(app.descriptions.get(n, ""))}</option>'
         for n in app.view_models)
-    boxes = "".join(_method_box(m, label, m in methods) for m, label in WEB_METHODS.items())
+    boxes = "".join(_method_box(m, label, m in methods, defaults) for m, label in app.offered().items())
     return f"""<form class="box" id="upload" method="post" action="/review" enctype="multipart/form-data">
 <h2>Review a scan</h2>
 <p class="choice"><label for="scan" class="field">Scan</label>
