@@ -113,7 +113,7 @@ def test_calibrate_then_figures(setup, tmp_path, capsys):
             assert (d / f"metrics_{part}.{ext}").is_file()
     for stem in ("training_curves",):
         assert (d / f"{stem}.png").is_file()
-    for table in ("summary", "auc_ci", "calibration", "calibration_change"):
+    for table in ("summary", "auc_ci", "ap_ci", "calibration", "calibration_change"):
         for ext in ("csv", "md", "tex"):
             assert (d / f"{table}.{ext}").is_file(), table
     for f in ("architecture_comparison.png", "architecture_comparison.pdf", "comparison.csv", "comparison.md",
@@ -283,16 +283,17 @@ def test_engine_computes_each_number_once_and_every_output_shows_it(tmp_path, mo
 
     ev = _fake_evaluation(tmp_path)
     calls = Counter()
-    for name in ("auc_with_ci", "roc_bands", "roc_curves", "pr_curves", "reliability_panels", "bootstrap_ci",
-                 "bootstrap_difference", "bootstrap_paired", "roc_plot_data"):
+    for name in ("auc_with_ci", "average_precision_with_ci", "roc_bands", "roc_curves", "pr_curves",
+                 "reliability_panels", "bootstrap_ci", "bootstrap_difference", "bootstrap_paired", "roc_plot_data"):
         def counted(*args, _real=getattr(metrics, name), _name=name, **kwargs):
             calls[_name] += 1
             return _real(*args, **kwargs)
         monkeypatch.setattr(metrics, name, counted)
     res = paper.model_outputs(ev, tmp_path / "out", formats=("png",), n_boot=40, n_bins=10)
     parts = 2
-    assert calls == {"auc_with_ci": 2 * parts, "roc_bands": parts, "roc_curves": parts, "pr_curves": parts,
-                     "reliability_panels": 2 * parts, "bootstrap_paired": 3 * parts}
+    assert calls == {"auc_with_ci": 2 * parts, "average_precision_with_ci": 2 * parts, "roc_bands": parts,
+                     "roc_curves": parts, "pr_curves": parts, "reliability_panels": 2 * parts,
+                     "bootstrap_paired": 3 * parts}
     monkeypatch.undo()
 
     d = tmp_path / "out"
@@ -310,7 +311,8 @@ def test_engine_computes_each_number_once_and_every_output_shows_it(tmp_path, mo
     # the figures are drawn from those dicts alone: with every computing function broken they still draw
     def broken(*args, **kwargs):
         raise AssertionError("a figure recomputed a number")
-    for name in ("auc_with_ci", "roc_bands", "roc_curves", "pr_curves", "reliability_panels"):
+    for name in ("auc_with_ci", "average_precision_with_ci", "roc_bands", "roc_curves", "pr_curves",
+                 "reliability_panels", "with_bin_intervals", "wilson_interval", "macro_pr_curve"):
         monkeypatch.setattr(metrics, name, broken)
     from xai_bt.evaluation import calibration
     monkeypatch.setattr(calibration, "reliability_bins", broken)
@@ -318,13 +320,28 @@ def test_engine_computes_each_number_once_and_every_output_shows_it(tmp_path, mo
     assert set(figs) == {f"{stem}_official" for stem in ("roc", "pr", "confusion_counts", "confusion_normalised",
                                                           "reliability")} | {"reliability_classes_official_raw",
                                                                              "reliability_classes_official_calibrated"}
-    legend = [t.get_text() for t in figs["roc_official"].axes[0].get_legend().get_texts()]
+    def legend(stem):
+        return [t.get_text() for t in figs[stem].legends[0].get_texts()]
+
     ci = official["auc_ci"]["per_class"]["glioma"]
-    assert legend[0] == f"glioma  {ci['estimate']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
+    assert legend("roc_official")[0] == f"glioma (n = 40)  {ci['estimate']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
+    ap = official["ap_ci"]["per_class"]["no_tumor"]
+    assert legend("pr_official")[2] == f"no tumor (n = 40)  {ap['estimate']:.3f} [{ap['low']:.3f}, {ap['high']:.3f}]"
+    macro = official["ap_ci"]["macro"]
+    assert legend("pr_official")[4] == f"macro average  {macro['estimate']:.3f} [{macro['low']:.3f}, {macro['high']:.3f}]"
+    assert macro["estimate"] == pytest.approx(official["report"]["averages"]["macro"]["average_precision"])
     titles = [ax.get_title() for ax in figs["reliability_official"].axes]
     for title, setting in zip(titles, ("raw", "calibrated")):
         assert title.endswith(f"(ECE {numbers['official'][setting]['calibration']['ece']:.4f})")
-    assert figs["reliability_official"]._suptitle.get_text() == "Official test split (n = 160)"
+    # titles are drawn in the project style (9 pt), not matplotlib's default 12 pt
+    for stem in ("reliability_official", "reliability_classes_official_raw"):
+        assert figs[stem]._suptitle.get_text().startswith("Official test split (n = 160)")
+        assert figs[stem]._suptitle.get_fontsize() == 9.0
+    for stem in ("confusion_counts_official", "confusion_normalised_official"):
+        assert figs[stem].axes[0].get_title() == "Official test split (n = 160)"
+        assert figs[stem].axes[0].title.get_fontsize() == 9.0
+    grid = figs["reliability_classes_official_calibrated"].axes
+    assert grid[3].get_title().startswith("no tumor (n = 40)\nECE ")
     cm = official["report"]["confusion_matrix"]
     assert [t.get_text() for t in figs["confusion_counts_official"].axes[0].texts] == [str(v) for r in cm for v in r]
 
@@ -332,6 +349,19 @@ def test_engine_computes_each_number_once_and_every_output_shows_it(tmp_path, mo
     assert text.splitlines()[0] == "fake (T = 1.7):"
     assert f"accuracy {official['accuracy_ci']['estimate']:.4f}" in text and text.endswith("note: a note")
     assert f"glioma {ci['estimate']:.4f} [{ci['low']:.4f}, {ci['high']:.4f}]" in text
+    assert "no tumor " in text and "no_tumor" not in text  # class names as people read them
+
+
+def test_cascade_training_curves_say_which_stage():
+    from types import SimpleNamespace
+
+    from xai_bt.evaluation.paper import _stage_title
+
+    cascade = SimpleNamespace(config={"stage1_classes": ["no_tumor", "tumor"],
+                                      "stage2_classes": ["glioma", "meningioma", "pituitary"]})
+    assert _stage_title(cascade, "training_curves_stage1") == "Stage 1: no tumor / tumor"
+    assert _stage_title(cascade, "training_curves_stage2") == "Stage 2: glioma / meningioma / pituitary"
+    assert _stage_title(SimpleNamespace(config={}), "training_curves") is None
 
 
 def test_calibration_change_is_the_separate_bootstraps(tmp_path):

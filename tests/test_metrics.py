@@ -146,6 +146,59 @@ def test_vectorised_auc_ci_equals_generic_bootstrap():
     assert [fast["micro"][k] for k in ("low", "high")] == pytest.approx([slow[k] for k in ("low", "high")], abs=1e-12)
 
 
+def test_average_precision_ci_is_the_bootstrap_of_sklearns_ap():
+    """average_precision_with_ci draws the resamples auc_with_ci draws: its estimates are scikit-learn's
+    average_precision_score and its intervals those of the generic bootstrap of it (ties included)."""
+    y, p = make_predictions(300, signal=1.0)
+    p = softmax(np.round(np.log(p)), axis=1)  # coarse: many tied scores
+    fast = metrics.average_precision_with_ci(y, p, NAMES, n_boot=40, seed=3)
+    for c in (0, 2):
+        assert fast["per_class"][NAMES[c]]["estimate"] == pytest.approx(average_precision_score(y == c, p[:, c]))
+        slow = metrics.bootstrap_ci(lambda yt, pp: average_precision_score(yt == c, pp[:, c]), y, p, n_boot=40,
+                                    seed=3)
+        assert [fast["per_class"][NAMES[c]][k] for k in ("low", "high")] == pytest.approx(
+            [slow[k] for k in ("low", "high")], rel=1e-9)
+    slow = metrics.bootstrap_ci(lambda yt, pp: average_precision_score(np.eye(4)[yt], pp, average="macro"), y, p,
+                                n_boot=40, seed=3)
+    assert [fast["macro"][k] for k in ("estimate", "low", "high")] == pytest.approx(
+        [slow[k] for k in ("estimate", "low", "high")], rel=1e-9)
+    for ci in [*fast["per_class"].values(), fast["macro"]]:
+        assert ci["low"] <= ci["estimate"] <= ci["high"] and ci["n_valid"] == 40
+    json.dumps(fast, allow_nan=False)
+
+
+def test_average_precision_ci_narrows_with_n_and_is_fast():
+    widths = []
+    for n in (200, 1311):
+        y, p = make_predictions(n, seed=n)
+        start = time.perf_counter()
+        ci = metrics.average_precision_with_ci(y, p, NAMES, n_boot=1000)["macro"]
+        widths.append(ci["high"] - ci["low"])
+    assert time.perf_counter() - start < 10
+    assert widths[1] < 0.7 * widths[0]
+
+
+def test_macro_pr_curve_is_what_macro_ap_summarises():
+    """The macro PR curve is the mean of the per-class step curves: its area is the mean of the per-class
+    APs (as the macro AP is), and at every recall it lies between the classes' precisions."""
+    y, p = make_predictions(400, signal=1.2)
+    pr = metrics.pr_curves(y, p, NAMES)
+    macro = pr["macro"]
+    assert macro["average_precision"] == pytest.approx(np.mean([c["average_precision"] for c in pr["per_class"].values()]))
+    assert metrics.step_area(macro["recall"], macro["precision"]) == pytest.approx(macro["average_precision"])
+    for c in pr["per_class"].values():
+        assert metrics.step_area(c["recall"], c["precision"]) == pytest.approx(c["average_precision"])
+    assert macro["recall"][0] == 1.0 and macro["recall"][-1] == 0.0 and np.all(np.diff(macro["recall"]) < 0)
+    grid, mean = metrics.macro_pr_curve([(c["recall"], c["precision"]) for c in pr["per_class"].values()])
+    assert list(grid) == macro["recall"]
+    # two hand-made steps: precision 1 up to recall 0.5 then 0.5; precision 0.8 everywhere
+    grid, mean = metrics.macro_pr_curve([([1.0, 0.5, 0.0], [0.5, 1.0, 1.0]), ([1.0, 0.0], [0.8, 1.0])])
+    assert list(grid) == [1.0, 0.5, 0.0] and list(mean) == pytest.approx([0.65, 0.9, 1.0])
+    assert metrics.step_area(grid, mean) == pytest.approx((0.75 + 0.8) / 2)
+    with pytest.raises(ValueError):
+        metrics.macro_pr_curve([])
+
+
 def test_auc_with_ci_is_fast_on_benchmark_size():
     y, p = make_predictions(1311)
     start = time.perf_counter()
@@ -211,13 +264,47 @@ def test_roc_bands_fast_on_benchmark_size():
     assert time.perf_counter() - start < 15
 
 
-def test_roc_zoom_inset_only_for_near_perfect_models():
+def test_roc_zoom_panel_only_for_near_perfect_models():
+    """The magnified corner is a panel of its own beside the full view (an inset would hide curves), and
+    the legend sits below the panels, clear of the curves and the chance diagonal."""
     y, p = make_predictions(400, signal=6.0)
     data = metrics.roc_plot_data(y, p, NAMES, n_boot=50)
-    assert len(eval_plots.plot_roc(**data).axes[0].child_axes) == 1  # corner inset
-    assert not eval_plots.plot_roc(**data, zoom=None).axes[0].child_axes
+    fig = eval_plots.plot_roc(**data)
+    full, zoom = fig.axes
+    assert not full.child_axes and not full.get_legend() and len(fig.legends) == 1
+    assert zoom.get_xlim()[1] <= 0.25 and zoom.get_ylim()[0] >= 0.75
+    assert zoom.get_ylim()[1] > 1.0 and zoom.get_xlim()[0] < 0.0  # curves at TPR 1 / FPR 0 clear of the frame
+    assert len(eval_plots.plot_roc(**data, zoom=None).axes) == 1
+    assert eval_plots.plot_roc(**data, zoom=(0.05, 0.2)).axes[1].get_xlim()[1] == pytest.approx(0.05)
     y, p = make_predictions(400, signal=0.5)
-    assert not eval_plots.plot_roc(**metrics.roc_plot_data(y, p, NAMES, ci=False)).axes[0].child_axes
+    assert len(eval_plots.plot_roc(**metrics.roc_plot_data(y, p, NAMES, ci=False)).axes) == 1
+
+
+def test_legend_and_title_boxes_cover_no_axes():
+    """The figure legends and titles of the own-figure plots lie outside every axes (no data under them)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    for name, fig in _figures().items():
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        boxes = [ax.get_window_extent(renderer) for ax in fig.axes if ax.get_label() != "<colorbar>"]
+        for legend in fig.legends:
+            box = legend.get_window_extent(renderer)
+            assert not any(box.overlaps(b) for b in boxes), name
+
+
+def test_every_text_is_in_the_project_style():
+    """Titles 9 pt, labels 8 pt, ticks, legends and printed numbers 7 pt: nothing outside the style's sizes,
+    whoever sets the title (paper.part_figures passes it in, so it is drawn in the style)."""
+    y, p = make_predictions(200, signal=4.0)
+    figs = {**_figures(), "roc_titled": eval_plots.plot_roc(**metrics.roc_plot_data(y, p, NAMES, n_boot=50),
+                                                            title="Official test split (n = 200)")}
+    figs["grid_titled"] = eval_plots.plot_reliability_grid(metrics.reliability_panels(y, p), NAMES, title="T")
+    for name, fig in figs.items():
+        sizes = {round(t.get_fontsize(), 1) for t in fig.findobj(matplotlib.text.Text) if t.get_text()}
+        assert sizes <= {7.0, 8.0, 9.0}, (name, sizes)
+    assert figs["roc_titled"]._suptitle.get_fontsize() == 9.0
 
 
 def test_training_curves_from_merged_log_with_phases(tmp_path):
@@ -251,7 +338,9 @@ def test_tables_written_escaped_and_not_overwritten(tmp_path):
     md = paths[1].read_text().splitlines()
     assert md[0].startswith("| class | precision") and len(md) == len(rows) + 2
     tex = paths[2].read_text()
-    assert r"no\_tumor" in tex and r"\toprule" in tex and "no_tumor" not in tex
+    assert r"average\_precision" in tex and r"\toprule" in tex and "no_tumor" not in tex
+    assert "| no tumor |" in paths[1].read_text() and "\nno tumor &" in tex  # class names as people read them
+    assert back[2]["class"] == "no_tumor"  # the CSV keeps code names for programs
     with pytest.raises(FileExistsError, match="report.md"):
         paths[0].unlink()
         tables.write_tables(rows, tmp_path / "sub" / "report")
@@ -354,7 +443,9 @@ def test_plot_modules_only_draw():
 
 # --------------------------------------------------------------------------------------------- numbers in, Figure out
 def _legend(fig: Figure, axes: int = 0) -> list[str]:
-    return [t.get_text() for t in fig.axes[axes].get_legend().get_texts()]
+    """Texts of the figure's legend (below the panels) or, failing that, of its axes' legend."""
+    legend = fig.legends[0] if fig.legends else fig.axes[axes].get_legend()
+    return [t.get_text() for t in legend.get_texts()]
 
 
 def test_roc_draws_exactly_the_numbers_it_is_given():
@@ -370,15 +461,17 @@ def test_roc_draws_exactly_the_numbers_it_is_given():
     fig = eval_plots.plot_roc(curves, auc_ci=ci, bands=bands, zoom=None)
     ax = fig.axes[0]
     assert _legend(fig) == ["glioma  0.751 [0.600, 0.850]", "pituitary  0.702 [0.550, 0.800]",
-                            "macro  0.726 [0.610, 0.790]"]
-    assert ax.get_legend().get_title().get_text() == "AUC [95% CI]"
+                            "macro average  0.726 [0.610, 0.790]", "chance (AUC 0.5)"]
+    assert fig.legends[0].get_title().get_text() == "AUC [95% CI]"
     for line, curve in zip(ax.lines, [*curves["per_class"].values(), curves["macro"]]):
         assert list(line.get_xdata()) == curve["fpr"] and list(line.get_ydata()) == curve["tpr"]
     assert len(ax.collections) == 1  # one band: only glioma has one
     assert style.CLASS_COLORS["glioma"].lower() in matplotlib.colors.to_hex(ax.lines[0].get_color())
     fig = eval_plots.plot_roc(curves)  # no CIs: plain AUCs, macro = mean of the per-class AUCs
-    assert _legend(fig) == ["glioma  0.750", "pituitary  0.700", "macro  0.725"]
-    assert fig.axes[0].get_legend().get_title().get_text() == "AUC" and not fig.axes[0].collections
+    assert _legend(fig) == ["glioma  0.750", "pituitary  0.700", "macro average  0.725", "chance (AUC 0.5)"]
+    assert fig.legends[0].get_title().get_text() == "AUC" and not fig.axes[0].collections
+    curves["per_class"]["glioma"]["n_positive"] = 17  # the class's n where the curve carries it
+    assert _legend(eval_plots.plot_roc(curves))[0] == "glioma (n = 17)  0.750"
 
 
 def test_roc_from_predictions_equals_computing_then_plotting():
@@ -406,14 +499,26 @@ def _pixels(fig: Figure) -> np.ndarray:
 
 
 def test_pr_draws_exactly_the_curves_it_is_given():
-    curves = {"per_class": {"x": {"recall": [1.0, 0.5, 0.0], "precision": [0.4, 0.8, 1.0],
-                                  "average_precision": 0.66}},
-              "micro": {"recall": [1.0, 0.0], "precision": [0.5, 1.0], "average_precision": 0.995}}
-    fig = eval_plots.plot_pr(curves)
-    assert _legend(fig) == ["x  0.660", "micro  0.9950"]
-    assert list(fig.axes[0].lines[0].get_ydata()) == [0.4, 0.8, 1.0]
+    """Made-up curves and CIs come out as given: n and AP [CI] per class, the macro average (not micro),
+    a chance line at each class's prevalence."""
+    curves = {"per_class": {"no_tumor": {"recall": [1.0, 0.5, 0.0], "precision": [0.4, 0.8, 1.0],
+                                         "average_precision": 0.66, "prevalence": 0.4, "n_positive": 30}},
+              "micro": {"recall": [1.0, 0.0], "precision": [0.5, 1.0], "average_precision": 0.995},
+              "macro": {"recall": [1.0, 0.5, 0.0], "precision": [0.45, 0.7, 1.0], "average_precision": 0.61}}
+    fig = eval_plots.plot_pr(curves, zoom=None)
+    assert _legend(fig) == ["no tumor (n = 30)  0.660", "macro average  0.610", "chance (class prevalence)"]
+    ax = fig.axes[0]
+    assert list(ax.lines[0].get_ydata()) == [0.4, 0.8, 1.0]
+    assert list(ax.lines[1].get_ydata()) == [0.45, 0.7, 1.0]
+    assert list(ax.lines[2].get_ydata()) == [0.4, 0.4]  # chance line at the prevalence
+    ci = {"per_class": {"no_tumor": {"estimate": 0.66, "low": 0.5, "high": 0.8}},
+          "macro": {"estimate": 0.61, "low": 0.4, "high": 0.7}}
+    fig = eval_plots.plot_pr(curves, ap_ci=ci, zoom=0.5)
+    assert _legend(fig)[:2] == ["no tumor (n = 30)  0.660 [0.500, 0.800]", "macro average  0.610 [0.400, 0.700]"]
+    assert fig.legends[0].get_title().get_text() == "AP [95% CI]"
+    assert fig.axes[1].get_xlim()[0] == pytest.approx(0.5)  # the magnified corner
     y, p = make_predictions(200)
-    assert _legend(eval_plots.plot_pr(metrics.pr_curves(y, p, NAMES)))[0].startswith("glioma  ")
+    assert _legend(eval_plots.plot_pr(metrics.pr_curves(y, p, NAMES)))[0].startswith("glioma (n = ")
 
 
 def test_confusion_prints_the_given_counts():
@@ -422,6 +527,31 @@ def test_confusion_prints_the_given_counts():
     fig = eval_plots.plot_confusion([[7, 1], [2, 30]], ["a", "b"])
     assert fig.axes[0].texts[0].get_text() == "88%\n(7)"
     assert fig.axes[1].get_ylabel() == "Share of true class"  # labelled colour bar
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["a\n(n = 8)", "b\n(n = 32)"]
+    assert not fig.legends  # no "no tumor" class: no missed tumors to mark
+
+
+def test_percent_label_never_rounds_an_error_away():
+    assert eval_plots.percent_label(1, 300) == "<1%"
+    assert eval_plots.percent_label(299, 300) == ">99%"
+    assert eval_plots.percent_label(0, 300) == "0%" and eval_plots.percent_label(300, 300) == "100%"
+    assert eval_plots.percent_label(2, 216) == "1%" and eval_plots.percent_label(6, 17) == "35%"
+    assert eval_plots.percent_label(0, 0) == "–"
+
+
+def test_confusion_sets_apart_missed_tumors():
+    """Tumors called "no tumor" are outlined, counted in a legend, and every name is as people read it."""
+    cm = [[295, 2, 2, 1], [3, 284, 7, 12], [0, 0, 405, 0], [0, 0, 1, 299]]
+    fig = eval_plots.plot_confusion(cm, NAMES)
+    ax = fig.axes[0]
+    outlined = sorted((round(r.get_x() + r.get_width() / 2), round(r.get_y() + r.get_height() / 2))
+                      for r in ax.patches)
+    assert outlined == [(2, 0), (2, 1), (2, 3)]  # (column no tumor, rows glioma, meningioma, pituitary)
+    (legend,) = fig.legends
+    assert legend.get_texts()[0].get_text() == "missed tumor (tumor called “no tumor”): 10 of 906 tumors"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["glioma", "meningioma", "no tumor", "pituitary"]
+    texts = [t.get_text() for t in ax.texts]
+    assert texts[3] == "<1%\n(1)" and texts[14] == "<1%\n(1)" and "0%\n(1)" not in texts
 
 
 def _fake_bins(class_index: int | None = None) -> dict:
@@ -430,13 +560,14 @@ def _fake_bins(class_index: int | None = None) -> dict:
 
 
 def test_reliability_plots_draw_exactly_the_bins_they_are_given():
-    fig = eval_plots.plot_reliability(_fake_bins(1), class_names=["a", "b"])
+    fig = eval_plots.plot_reliability(_fake_bins(1), class_names=["a", "no_tumor"])
     ax = fig.axes[0]
-    assert ax.get_title() == "b (ECE 0.1235)" and ax.get_xlabel() == "Predicted P(b)"
+    assert ax.get_title() == "no tumor (ECE 0.1235)" and ax.get_xlabel() == "Predicted P(no tumor)"
     heights = [bar.get_height() for bar in ax.containers[0]]
     assert np.isnan(heights[0]) and heights[1] == pytest.approx(0.6)
     assert ax.containers[1][1].get_height() == pytest.approx(0.2)  # the gap to the diagonal
-    assert [t.get_text() for t in ax.texts] == ["12"]  # counts of non-empty bins
+    assert [t.get_text() for t in ax.texts] == ["12", "n"]  # counts of non-empty bins, in a labelled row
+    assert not ax.get_legend() and len(fig.legends) == 1  # the legend below the axes, over no bar
     fig = eval_plots.plot_reliability_grid([_fake_bins(), _fake_bins(0), _fake_bins(1)], ["a", "b"])
     assert [a.get_title() for a in fig.axes] == ["Overall (ECE 0.1235)", "a (ECE 0.1235)", "b (ECE 0.1235)"]
     fig = eval_plots.plot_reliability_comparison({"raw": _fake_bins(), "scaled": {**_fake_bins(), "ece": 0.01}})
@@ -448,10 +579,34 @@ def test_reliability_plots_draw_exactly_the_bins_they_are_given():
 def test_reliability_panels_are_the_bins_overall_then_per_class():
     y, p = make_predictions(300)
     panels = metrics.reliability_panels(y, p, n_bins=7)
-    assert panels == [reliability_bins(y, p, 7, class_index=c) for c in (None, 0, 1, 2, 3)]
+    assert panels == [metrics.with_bin_intervals(reliability_bins(y, p, 7, class_index=c)) for c in (None, 0, 1, 2, 3)]
     fig = eval_plots.plot_reliability_grid(panels, NAMES)
-    assert len(fig.axes) == 5 and fig.axes[0].get_title() == f"Overall (ECE {panels[0]['ece']:.4f})"
-    assert [a.get_title().split(" (")[0] for a in fig.axes[1:]] == NAMES
+    assert len(fig.axes) == 5 and fig.axes[0].get_title() == f"Overall (n = 300)\nECE {panels[0]['ece']:.4f}"
+    counts = np.bincount(y, minlength=4)
+    assert [a.get_title() for a in fig.axes[1:]] == [
+        f"{name.replace('_', ' ')} (n = {counts[c]})\nECE {panels[c + 1]['ece']:.4f}" for c, name in enumerate(NAMES)]
+
+
+def test_bin_intervals_are_wilson_and_few_scan_bins_are_faded():
+    """Each bin's accuracy gets the Wilson 95% interval of its hits among its scans; bins of fewer than
+    FEW_SCANS scans are drawn faded; empty bins get no interval."""
+    bins = {"edges": [0.0, 0.5, 1.0], "confidence": [0.3, 0.8], "accuracy": [1.0, 0.8], "count": [1, 10],
+            "ece": 0.1, "class_index": 1}
+    out = metrics.with_bin_intervals(bins)
+    assert out["hits"] == [1, 8] and out["n"] == 11 and out["n_positive"] == 9
+    low, high = metrics.wilson_interval(8, 10)
+    assert (out["accuracy_low"][1], out["accuracy_high"][1]) == (float(low), float(high))
+    assert (float(low), float(high)) == pytest.approx((0.4902, 0.9433), abs=1e-4)  # the textbook 8 of 10
+    assert out["accuracy_low"][0] < 0.3 and out["accuracy_high"][0] == 1.0  # one scan: a wide interval
+    empty = metrics.with_bin_intervals({**bins, "accuracy": [None, 0.8], "count": [0, 10]})
+    assert empty["accuracy_low"][0] is None and empty["n_positive"] == 8
+    ax = eval_plots.plot_reliability(out).axes[0]
+    assert [bar.get_alpha() for bar in ax.containers[0]] == [0.35, 1.0]
+    (bars,) = [c for c in ax.containers if hasattr(c, "has_yerr") and c.has_yerr]
+    segments = bars.lines[2][0].get_segments()
+    assert [tuple(np.round(seg[:, 1], 6)) for seg in segments][1] == (round(float(low), 6), round(float(high), 6))
+    lo, hi = metrics.wilson_interval(np.array([0, 5, 3]), np.array([0, 5, 10]))
+    assert np.isnan(lo[0]) and hi[1] == 1.0 and 0 <= lo[2] < 0.3 < hi[2] <= 1  # arrays, n = 0, all hits
 
 
 def test_bootstrap_mean_ci_is_the_percentile_bootstrap_of_the_mean_on_the_callers_generator():
@@ -465,3 +620,21 @@ def test_bootstrap_mean_ci_is_the_percentile_bootstrap_of_the_mean_on_the_caller
     got = metrics.bootstrap_mean_ci(values, 200, 0.05, np.random.default_rng(5))
     assert got == {"mean": float(v.mean()), "low": float(low), "high": float(high), "n": 6, "n_valid": 5}
     assert metrics.bootstrap_mean_ci([np.nan], 10)["mean"] is None
+
+
+def test_architecture_comparison_shows_n_and_every_estimate():
+    """Official vs leakage-free per model with Wilson CIs: n in the legend where the models share it, under
+    each name where they do not; each estimate printed beside its interval."""
+    rows = [{"name": m, "n": 1311, "accuracy": a, "ci_low": a - 0.01, "ci_high": a + 0.01, "leakage_free_n": 315,
+             "leakage_free_accuracy": a - 0.02, "leakage_free_ci_low": a - 0.05, "leakage_free_ci_high": a}
+            for m, a in (("default", 0.979), ("default192", 0.981), ("two_stage", 0.976), ("cascade", 0.976))]
+    fig = eval_plots.plot_architecture_comparison(rows)
+    assert _legend(fig) == ["Official test split (n = 1311)", "Leakage-free subset (n = 315)"]
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["default", "default192", "two_stage", "cascade"]
+    assert sorted(t.get_text() for t in ax.texts) == sorted(
+        [f"{r['accuracy']:.3f}" for r in rows] + [f"{r['leakage_free_accuracy']:.3f}" for r in rows])
+    assert style.clipped_texts(fig) == []
+    rows[1] = {**rows[1], "leakage_free_n": 300}
+    labels = [t.get_text() for t in eval_plots.plot_architecture_comparison(rows).axes[0].get_yticklabels()]
+    assert labels[1] == "default192\n(n = 1311 / 300)"

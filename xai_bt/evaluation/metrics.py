@@ -176,8 +176,9 @@ def roc_curves(
 ) -> dict[str, Any]:
     """One-vs-rest ROC curves: ``{"per_class": {name: curve}, "micro": curve, "macro": curve}``.
 
-    A curve is ``{"fpr", "tpr", "auc"}`` (per-class curves also carry ``thresholds``; the first, +inf in
-    scikit-learn, becomes None). The macro curve averages per-class TPR on the union of their FPRs.
+    A curve is ``{"fpr", "tpr", "auc"}`` (per-class curves also carry ``thresholds``, the first, +inf in
+    scikit-learn, as None, and ``n_positive``, the class's scans). The macro curve averages per-class TPR on
+    the union of their FPRs.
     """
     y, p = check_inputs(y_true, y_prob)
     k = p.shape[1]
@@ -188,7 +189,7 @@ def roc_curves(
             continue  # undefined for a class absent from (or the only class in) y_true
         fpr, tpr, thr = roc_curve(onehot[:, c], p[:, c])
         per_class[name] = {"fpr": _floats(fpr), "tpr": _floats(tpr), "thresholds": _floats(thr),
-                           "auc": _float(auc(fpr, tpr))}
+                           "auc": _float(auc(fpr, tpr)), "n_positive": int(onehot[:, c].sum())}
         fprs.append(fpr)
         tprs.append(tpr)
     fpr, tpr, _ = roc_curve(onehot.ravel(), p.ravel())
@@ -200,32 +201,64 @@ def roc_curves(
     }
 
 
+def macro_pr_curve(curves: Sequence[tuple[Sequence[float], Sequence[float]]]) -> tuple[np.ndarray, np.ndarray]:
+    """Macro-average of precision-recall step curves ``[(recall, precision), ...]`` (scikit-learn's order,
+    recall falling): the mean precision on the union of their recalls, recall falling.
+
+    Each curve is the step function that average precision integrates (precision ``p[i]`` on recalls
+    ``(r[i + 1], r[i]]``), so the area under the macro curve is exactly the mean of the per-class APs: the
+    curve the macro AP summarises, as the macro ROC curve is the one macro AUC summarises.
+    """
+    if not curves:
+        raise ValueError("no curves to average")
+    grid = np.unique(np.concatenate([np.asarray(r, dtype=np.float64) for r, _ in curves]))[::-1]
+    total = np.zeros(len(grid))
+    for recall, precision in curves:
+        ascending = np.asarray(recall, dtype=np.float64)[::-1]
+        # index (recall falling) of the last point whose recall is >= each grid value
+        last = len(ascending) - np.searchsorted(ascending, grid, side="left") - 1
+        total += np.asarray(precision, dtype=np.float64)[last]
+    return grid, total / len(curves)
+
+
+def step_area(recall: Sequence[float], precision: Sequence[float]) -> float:
+    """Area under a precision-recall step curve in scikit-learn's order: sum of (r[i] - r[i + 1]) p[i], which
+    is average precision for a per-class curve and the macro AP for :func:`macro_pr_curve`."""
+    r, p = np.asarray(recall, dtype=np.float64), np.asarray(precision, dtype=np.float64)
+    return float(-np.sum(np.diff(r) * p[:-1]))
+
+
 def pr_curves(
     y_true: Any, y_prob: Any, class_names: Sequence[str] | None = None
 ) -> dict[str, Any]:
     """One-vs-rest precision-recall curves, shaped like :func:`roc_curves`.
 
-    A curve is ``{"recall", "precision", "average_precision"}``; per-class curves add ``prevalence``
-    (the precision of a random classifier). ``macro["average_precision"]`` is the mean of per-class AP.
+    A curve is ``{"recall", "precision", "average_precision"}``; per-class curves add ``prevalence`` (the
+    precision of a random classifier, the chance line) and ``n_positive``. ``macro`` is
+    :func:`macro_pr_curve` of the per-class curves, its ``average_precision`` the mean of per-class AP (as
+    macro AUC is the mean of per-class AUC); ``micro`` pools every one-vs-rest decision.
     """
     y, p = check_inputs(y_true, y_prob)
     k = p.shape[1]
     onehot = _one_hot(y, k)
-    per_class, aps = {}, []
+    per_class, aps, steps = {}, [], []
     for c, name in enumerate(_names(class_names, k)):
         if onehot[:, c].max() == 0:
             continue  # no positives: precision-recall is undefined
         prec, rec, _ = precision_recall_curve(onehot[:, c], p[:, c])
         ap = float(average_precision_score(onehot[:, c], p[:, c]))
         per_class[name] = {"recall": _floats(rec), "precision": _floats(prec), "average_precision": ap,
-                           "prevalence": float(onehot[:, c].mean())}
+                           "prevalence": float(onehot[:, c].mean()), "n_positive": int(onehot[:, c].sum())}
         aps.append(ap)
+        steps.append((rec, prec))
     prec, rec, _ = precision_recall_curve(onehot.ravel(), p.ravel())
+    macro_rec, macro_prec = macro_pr_curve(steps)
     return {
         "per_class": per_class,
         "micro": {"recall": _floats(rec), "precision": _floats(prec),
                   "average_precision": float(average_precision_score(onehot.ravel(), p.ravel()))},
-        "macro": {"average_precision": _float(np.mean(aps))},
+        "macro": {"recall": _floats(macro_rec), "precision": _floats(macro_prec),
+                  "average_precision": _float(np.mean(aps))},
     }
 
 
@@ -416,6 +449,60 @@ def auc_with_ci(
     }
 
 
+def _weighted_ap(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Average precision of one binary problem under each row of sample weights (B, n) -> (B,).
+
+    scikit-learn's definition, sum over thresholds of (R_i - R_{i-1}) P_i with tied scores as one threshold;
+    a bootstrap resample is the original sample weighted by how often each item was drawn. NaN for a
+    replicate without positives.
+    """
+    order = np.argsort(-scores, kind="mergesort")
+    s, pos, w = scores[order], positive[order].astype(bool), weights[:, order].astype(np.float64)
+    ends = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]  # last item of each group of tied scores
+    tp = np.cumsum(np.where(pos, w, 0.0), axis=1)[:, ends]
+    fp = np.cumsum(np.where(pos, 0.0, w), axis=1)[:, ends]
+    precision = np.divide(tp, tp + fp, out=np.ones_like(tp), where=(tp + fp) > 0)
+    n_pos = tp[:, -1:]
+    recall_step = np.diff(np.concatenate([np.zeros((len(w), 1)), tp], axis=1), axis=1)
+    num = np.sum(recall_step * precision, axis=1)
+    return np.divide(num, n_pos[:, 0], out=np.full(len(w), np.nan), where=n_pos[:, 0] > 0)
+
+
+def average_precision_with_ci(
+    y_true: Any,
+    y_prob: Any,
+    class_names: Sequence[str] | None = None,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    stratified: bool = True,
+) -> dict[str, Any]:
+    """One-vs-rest average precision per class and its macro mean, each with a percentile bootstrap CI.
+
+    ``{"per_class": {name: ci}, "macro": ci}`` as :func:`auc_with_ci` returns for AUC, from the very same
+    resamples (same seed, same replicates); estimates equal scikit-learn's ``average_precision_score``.
+    """
+    y, p = check_inputs(y_true, y_prob)
+    k = p.shape[1]
+    names = _names(class_names, k)
+    onehot = _one_hot(y, k)
+    idx = _bootstrap_indices(y, n_boot, seed, stratified)
+    boots = np.empty((n_boot, k))
+    for start in range(0, n_boot, _BOOT_CHUNK):
+        rows = idx[start:start + _BOOT_CHUNK]
+        counts = np.bincount((rows + len(y) * np.arange(len(rows))[:, None]).ravel(),
+                             minlength=len(rows) * len(y)).reshape(len(rows), len(y))
+        for c in range(k):
+            boots[start:start + len(rows), c] = _weighted_ap(p[:, c], onehot[:, c], counts)
+    ones = np.ones((1, len(y)))
+    estimates = [_float(_weighted_ap(p[:, c], onehot[:, c], ones)[0]) for c in range(k)]
+    return {
+        "per_class": {name: _percentile_ci(estimates[c], boots[:, c], alpha, stratified)
+                      for c, name in enumerate(names)},
+        "macro": _percentile_ci(_mean_or_none(estimates), boots.mean(axis=1), alpha, stratified),
+    }
+
+
 def _step_tpr(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """TPR at each false positive rate of ``grid`` under each row of sample weights (B, n) -> (B, len(grid)).
 
@@ -477,15 +564,28 @@ def roc_bands(
     return {"fpr": grid.tolist(), "alpha": alpha, "n_boot": n_boot, "per_class": per_class}
 
 
+def wilson_interval(successes: Any, n: Any, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of a proportion ``successes / n`` (elementwise on arrays): closed form, inside
+    [0, 1] and sensible near 0 and 1 and for small n, where the normal interval is not. NaN where n = 0."""
+    k = np.asarray(successes, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    z = float(norm.ppf(1 - alpha / 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = k / n
+        centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * np.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
+    empty = n <= 0  # clipped: rounding must not put the bound of 0 or n successes a hair outside [0, 1]
+    return (np.where(empty, np.nan, np.clip(centre - half, 0.0, 1.0)),
+            np.where(empty, np.nan, np.clip(centre + half, 0.0, 1.0)))
+
+
 def accuracy_ci(y_true: Any, y_prob: Any, alpha: float = 0.05) -> dict[str, Any]:
-    """Accuracy with a Wilson score interval (closed form; better than the normal one near 0 or 1)."""
+    """Accuracy with a Wilson score interval (:func:`wilson_interval`; better than the normal one near 0 or 1)."""
     y, p = check_inputs(y_true, y_prob)
     n = len(y)
-    acc = float(np.mean(p.argmax(axis=1) == y))
-    z = float(norm.ppf(1 - alpha / 2))
-    centre = (acc + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * np.sqrt(acc * (1 - acc) / n + z * z / (4 * n * n))
-    return {"estimate": acc, "low": float(centre - half), "high": float(centre + half), "alpha": alpha,
+    correct = int(np.sum(p.argmax(axis=1) == y))
+    low, high = wilson_interval(correct, n, alpha)
+    return {"estimate": correct / n, "low": float(low), "high": float(high), "alpha": alpha,
             "n": n, "method": "wilson"}
 
 
@@ -510,10 +610,28 @@ def roc_plot_data(
     }
 
 
+def with_bin_intervals(bins: dict[str, Any], alpha: float = 0.05) -> dict[str, Any]:
+    """Reliability ``bins`` (:func:`xai_bt.evaluation.calibration.reliability_bins`) plus what a reviewer
+    needs to judge each bar: ``hits`` (correct, or of the class, per bin), the Wilson ``1 - alpha`` interval
+    of each bin's accuracy (``accuracy_low``/``accuracy_high``, None for an empty bin), ``n`` and, for a
+    one-vs-rest diagram, ``n_positive`` (scans of the class)."""
+    count = np.asarray(bins["count"], dtype=np.int64)
+    acc = np.array([0.0 if a is None else a for a in bins["accuracy"]], dtype=np.float64)
+    hits = np.rint(acc * count).astype(np.int64)
+    low, high = wilson_interval(hits, count, alpha)
+    out = {**bins, "hits": hits.tolist(), "accuracy_low": _floats(low), "accuracy_high": _floats(high),
+           "interval": f"Wilson {1 - alpha:.0%}", "n": int(count.sum())}
+    if bins.get("class_index") is not None:
+        out["n_positive"] = int(hits.sum())
+    return out
+
+
 def reliability_panels(y_true: Any, y_prob: Any, n_bins: int = 15) -> list[dict[str, Any]]:
     """Reliability bins (:func:`xai_bt.evaluation.calibration.reliability_bins`) overall, then one-vs-rest
-    for each class: what :func:`xai_bt.plots.evaluation.plot_reliability_grid` draws."""
+    for each class, each with its bins' Wilson 95% intervals (:func:`with_bin_intervals`): what
+    :func:`xai_bt.plots.evaluation.plot_reliability_grid` draws."""
     from xai_bt.evaluation.calibration import reliability_bins  # calibration imports this module
 
     y, p = check_inputs(y_true, y_prob)
-    return [reliability_bins(y, p, n_bins=n_bins, class_index=c) for c in (None, *range(p.shape[1]))]
+    return [with_bin_intervals(reliability_bins(y, p, n_bins=n_bins, class_index=c))
+            for c in (None, *range(p.shape[1]))]

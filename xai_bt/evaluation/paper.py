@@ -3,14 +3,20 @@
 Per model (folder ``OUT/<model>/``), on the official test split and on its leakage-free subset (both as
 defined by :func:`xai_bt.evaluation.evaluate.evaluate_bundle`):
 
-- ``roc_<part>``: one-vs-rest ROC per class with pointwise 95% bootstrap bands, AUC [95% CI] in the legend;
-- ``pr_<part>``: precision-recall per class with average precision;
-- ``confusion_counts_<part>``, ``confusion_normalised_<part>``;
-- ``reliability_<part>``: overall reliability diagram, raw (T = 1) beside temperature-scaled, bin counts on
-  the bars; ``reliability_classes_<part>_{raw,calibrated}``: overall and one-vs-rest per class;
+- ``roc_<part>``: one-vs-rest ROC per class with pointwise 95% bootstrap bands and the macro average, the
+  top-left corner magnified in a panel of its own, class n and AUC [95% CI] in the legend below;
+- ``pr_<part>``: precision-recall per class and the macro average (as ROC), each class's chance level (its
+  prevalence), the top-right corner magnified, class n and average precision [95% bootstrap CI] in the
+  legend;
+- ``confusion_counts_<part>``, ``confusion_normalised_<part>``: rows with their n, shares that never round
+  an error to 0% ("<1%"), tumors called "no tumor" (missed tumors) outlined and counted;
+- ``reliability_<part>``: overall reliability diagram, raw (T = 1) beside temperature-scaled, each bin's
+  accuracy with its Wilson 95% interval, bins of fewer than 10 scans faded, scans per bin on top;
+  ``reliability_classes_<part>_{raw,calibrated}``: overall and one-vs-rest per class (with its n);
 - ``training_curves`` from the bundle's history.csv (``training_curves_<stage>`` for a cascade);
 - tables (CSV full precision, Markdown, LaTeX): ``summary``, ``metrics_<part>`` (per class and averages),
-  ``auc_ci`` (per-class AUC with 95% CIs, both parts), ``calibration`` (ECE/MCE/classwise ECE/Brier/NLL
+  ``auc_ci`` (per-class AUC with 95% CIs, both parts), ``ap_ci`` (per-class average precision with n and
+  95% CIs, both parts), ``calibration`` (ECE/MCE/classwise ECE/Brier/NLL
   before and after temperature scaling, on the validation split where it was fitted and on the test parts),
   ``calibration_change`` (ECE/NLL/Brier raw and scaled with bootstrap CIs, and the paired CI of the change);
 - ``results.json`` (every number of the tables and legends above; the curves and bins the figures draw are
@@ -54,6 +60,7 @@ SETTINGS = ("raw", "calibrated")
 FORMATS = ("png", "pdf", "svg", "eps", "jpg", "tif")
 COMPARISON_STEMS = ("architecture_comparison",)
 COMPARISON_TABLE = "comparison"
+ROC_BAND_GRID = 1001  #: points of the FPR grid of the ROC bands (step 0.001)
 
 
 class FiguresError(ValueError):
@@ -190,9 +197,15 @@ def evaluate_model(model, data: str, name: str | None = None, threshold: float =
 # --------------------------------------------------------------------------------------------- numbers
 def part_numbers(ev: ModelEvaluation, part: str, n_boot: int = 1000, n_bins: int = 15) -> dict[str, Any]:
     """Every number of one test part, JSON-safe (results.json ``parts``; the tables, README and figure
-    legends read the same dict): reports raw and scaled, accuracy CI, AUC CIs, calibration and its change."""
+    legends read the same dict): reports raw and scaled, accuracy CI, AUC and AP CIs (the same resamples),
+    calibration and its change."""
     from xai_bt.evaluation.calibration import calibration_report
-    from xai_bt.evaluation.metrics import accuracy_ci, auc_with_ci, classification_report_dict
+    from xai_bt.evaluation.metrics import (
+        accuracy_ci,
+        auc_with_ci,
+        average_precision_with_ci,
+        classification_report_dict,
+    )
 
     m = ev.masks[part]
     y = ev.y[m]
@@ -203,6 +216,7 @@ def part_numbers(ev: ModelEvaluation, part: str, n_boot: int = 1000, n_bins: int
             "report": classification_report_dict(y, p, ev.class_names),
             "accuracy_ci": accuracy_ci(y, p),
             "auc_ci": auc_with_ci(y, p, ev.class_names, n_boot=n_boot),
+            "ap_ci": average_precision_with_ci(y, p, ev.class_names, n_boot=n_boot),
             "calibration": calibration_report(y, p, n_bins),
         }
     out["calibration_change"] = calibration_change(y, ev.probs["raw"][m], ev.probs["calibrated"][m], n_boot, n_bins)
@@ -233,7 +247,9 @@ def part_curves(ev: ModelEvaluation, part: str, n_boot: int = 1000, n_bins: int 
 
     m = ev.masks[part]
     y, p = ev.y[m], ev.probs["calibrated"][m]
-    return {"roc": roc_curves(y, p, ev.class_names), "roc_bands": roc_bands(y, p, ev.class_names, n_boot=n_boot),
+    # bands on a 0.001 FPR grid: the magnified ROC corner spans a few hundredths
+    return {"roc": roc_curves(y, p, ev.class_names),
+            "roc_bands": roc_bands(y, p, ev.class_names, n_boot=n_boot, n_grid=ROC_BAND_GRID),
             "pr": pr_curves(y, p, ev.class_names),
             "reliability": {s: reliability_panels(y, ev.probs[s][m], n_bins) for s in SETTINGS}}
 
@@ -251,28 +267,23 @@ def part_figures(part: str, numbers: dict[str, Any], curves: dict[str, Any], cla
 
     names = list(class_names)
     labels = _setting_labels(temperature)
-    # titles sized to fit the journal widths: figures are saved at exactly the style's size
+    # every title is drawn inside the plotting function, so in the project style (9 pt)
     where = f"{PARTS[part][0].upper()}{PARTS[part][1:]} (n = {numbers['n']})"
-    figs: dict[str, Figure] = {}
-    fig = eval_plots.plot_roc(curves["roc"], auc_ci=numbers["calibrated"]["auc_ci"], bands=curves["roc_bands"])
-    fig.axes[0].set_title(where)
-    figs[f"roc_{part}"] = fig
-    fig = eval_plots.plot_pr(curves["pr"])
-    fig.axes[0].set_title(where)
-    figs[f"pr_{part}"] = fig
-    cm = np.asarray(numbers["calibrated"]["report"]["confusion_matrix"])
+    cal = numbers["calibrated"]
+    figs: dict[str, Figure] = {
+        f"roc_{part}": eval_plots.plot_roc(curves["roc"], auc_ci=cal["auc_ci"], bands=curves["roc_bands"],
+                                           title=where),
+        f"pr_{part}": eval_plots.plot_pr(curves["pr"], ap_ci=cal["ap_ci"], title=where),
+    }
+    cm = np.asarray(cal["report"]["confusion_matrix"])
     for kind, normalise in (("counts", False), ("normalised", True)):
-        fig = eval_plots.plot_confusion(cm, names, normalise=normalise)
-        fig.axes[0].set_title(where)
-        figs[f"confusion_{kind}_{part}"] = fig
+        figs[f"confusion_{kind}_{part}"] = eval_plots.plot_confusion(cm, names, normalise=normalise, title=where)
     panels = curves["reliability"]
-    fig = eval_plots.plot_reliability_comparison({labels[s]: panels[s][0] for s in SETTINGS}, class_names=names)
-    fig.suptitle(where)
-    figs[f"reliability_{part}"] = fig
+    figs[f"reliability_{part}"] = eval_plots.plot_reliability_comparison(
+        {labels[s]: panels[s][0] for s in SETTINGS}, class_names=names, title=where)
     for s in SETTINGS:
-        fig = eval_plots.plot_reliability_grid(panels[s], names)
-        fig.suptitle(f"{where}; {labels[s]}")
-        figs[f"reliability_classes_{part}_{s}"] = fig
+        figs[f"reliability_classes_{part}_{s}"] = eval_plots.plot_reliability_grid(
+            panels[s], names, title=f"{where}; {labels[s]}")
     return figs
 
 
@@ -298,7 +309,9 @@ class _Writer:
     """Saves figures and tables, remembering every path (and refusing to replace unless overwrite)."""
 
     def __init__(self, formats: Sequence[str], overwrite: bool):
-        self.formats, self.overwrite, self.paths, self.clipped = tuple(formats), overwrite, [], []
+        self.formats, self.overwrite = tuple(formats), overwrite
+        self.paths: list[Path] = []
+        self.clipped: list[str] = []
 
     def figure(self, fig, stem: Path) -> None:
         from xai_bt.plots.style import clipped_texts, save_figure
@@ -328,6 +341,15 @@ def _history_files(bundle) -> list[tuple[str, Path]]:
     return [(f"training_curves_{f.stem.split('_', 1)[1]}", f) for f in sorted(d.glob("history_*.csv"))]
 
 
+def _stage_title(bundle, stem: str) -> str | None:
+    """"Stage 1: no tumor / tumor" for a cascade's training curves (what each stage decides); None otherwise."""
+    from xai_bt.names import display_names
+
+    stage = stem.rsplit("_", 1)[-1]
+    classes = bundle.config.get(f"{stage}_classes") if stage.startswith("stage") else None
+    return f"Stage {stage[5:]}: {' / '.join(display_names(classes))}" if classes else None
+
+
 def model_outputs(ev: ModelEvaluation, out_dir: str | os.PathLike, formats: Sequence[str] = ("png", "pdf"),
                   overwrite: bool = False, n_boot: int = 1000, n_bins: int = 15) -> dict[str, Any]:
     """Write one model's figures and tables to ``out_dir``; returns its numbers, curves, the results.json
@@ -346,7 +368,7 @@ def model_outputs(ev: ModelEvaluation, out_dir: str | os.PathLike, formats: Sequ
 
     for stem, history in _history_files(ev.bundle):
         try:
-            w.figure(eval_plots.plot_training_curves(history), out / stem)
+            w.figure(eval_plots.plot_training_curves(history, title=_stage_title(ev.bundle, stem)), out / stem)
         except ValueError as e:
             ev.notes.append(f"{history.name}: no training curves ({e})")
     if not _history_files(ev.bundle):
@@ -364,7 +386,10 @@ def model_outputs(ev: ModelEvaluation, out_dir: str | os.PathLike, formats: Sequ
 def _tables(ev: ModelEvaluation, numbers: dict[str, Any], w: _Writer, out: Path) -> None:
     from xai_bt.evaluation.tables import to_rows
 
-    summary, auc_rows, cal_rows = [], {}, []
+    summary: list[dict[str, Any]] = []
+    cal_rows: list[dict[str, Any]] = []
+    auc_rows: dict[str, dict[str, Any]] = {}
+    ap_rows: dict[str, dict[str, Any]] = {}
     for part, nums in numbers.items():
         rep, cal = nums["calibrated"]["report"], nums["calibrated"]
         summary.append({
@@ -381,8 +406,15 @@ def _tables(ev: ModelEvaluation, numbers: dict[str, Any], w: _Writer, out: Path)
             row = auc_rows.setdefault(cls, {"class": cls})
             prefix = "" if part == "official" else "leakage_free_"
             row.update({f"{prefix}auc": ci["estimate"], f"{prefix}ci_low": ci["low"], f"{prefix}ci_high": ci["high"]})
+        for cls, ci in [*cal["ap_ci"]["per_class"].items(), ("macro", cal["ap_ci"]["macro"])]:
+            row = ap_rows.setdefault(cls, {"class": cls})
+            prefix = "" if part == "official" else "leakage_free_"
+            n_pos = rep["per_class"][cls]["support"] if cls in rep["per_class"] else nums["n"]
+            row.update({f"{prefix}n": n_pos, f"{prefix}ap": ci["estimate"], f"{prefix}ci_low": ci["low"],
+                        f"{prefix}ci_high": ci["high"]})
     w.table(summary, out / "summary", digits=4)
     w.table(list(auc_rows.values()), out / "auc_ci", digits=4)
+    w.table(list(ap_rows.values()), out / "ap_ci", digits=4)
     record = ev.bundle.config.get("calibration")
     if record:
         for s, key in (("raw", "before"), ("calibrated", "after")):
@@ -446,6 +478,8 @@ def _results_record(ev: ModelEvaluation, numbers: dict[str, Any], formats: Seque
 
 def _readme(ev: ModelEvaluation, numbers: dict[str, Any], formats: Sequence[str], n_boot: int, n_bins: int,
             sizes) -> str:
+    from xai_bt.plots.evaluation import FEW_SCANS
+
     t = ev.temperature
     fit = ev.bundle.config.get("calibration")
     lines = [f"# Evaluation figures: `{ev.name}`", "",
@@ -462,8 +496,11 @@ def _readme(ev: ModelEvaluation, numbers: dict[str, Any], formats: Sequence[str]
                                             f"{fit['before']['ece']:.4f} -> {fit['after']['ece']:.4f})."
                                             if fit else " (not fitted)."),
              f"ROC/PR/confusion figures use the temperature-scaled probabilities (what the bundle outputs). "
-             f"CIs: accuracy Wilson 95%; AUC stratified percentile bootstrap, {n_boot} resamples, seed 0. "
-             f"Calibration: {n_bins} equal-width confidence bins. Figure widths: one column "
+             f"CIs: accuracy and reliability-bin accuracy Wilson 95%; AUC and average precision (AP) stratified "
+             f"percentile bootstrap, {n_boot} resamples, seed 0 (the same resamples for both). Calibration: "
+             f"{n_bins} equal-width confidence bins, bins of fewer than {FEW_SCANS} scans drawn faded. "
+             "Macro averages (ROC, PR) are the mean over classes. Figures and Markdown/LaTeX tables name classes "
+             "as people read them (no tumor); the CSV files keep the code names (no_tumor). Figure widths: one column "
              f"{sizes[0][0]} in, two columns {sizes[1][0]} in; formats {', '.join(formats)}.", "",
              "| test set | n | accuracy [95% CI] | macro-AUC [95% CI] | ECE raw -> scaled | NLL raw -> scaled |",
              "|---|---:|---|---|---|---|"]
@@ -486,9 +523,10 @@ def _readme(ev: ModelEvaluation, numbers: dict[str, Any], formats: Sequence[str]
                          + " | ".join(cells) + " |")
     if ev.notes:
         lines += ["", *[f"Note: {n}" for n in ev.notes]]
-    lines += ["", "Files: `roc_*`, `pr_*`, `confusion_{counts,normalised}_*`, `reliability_*` (raw beside scaled), "
+    lines += ["", "Files: `roc_*`, `pr_*` (full range beside the magnified corner), `confusion_{counts,normalised}_*` "
+              "(missed tumors outlined), `reliability_*` (raw beside scaled), "
               "`reliability_classes_*_{raw,calibrated}` (overall and per class), `training_curves*`; tables "
-              "`summary`, `metrics_*`, `auc_ci`, `calibration`, `calibration_change` (.csv/.md/.tex); "
+              "`summary`, `metrics_*`, `auc_ci`, `ap_ci`, `calibration`, `calibration_change` (.csv/.md/.tex); "
               "`results.json`; `predictions.csv`."]
     return "\n".join(lines) + "\n"
 
@@ -552,12 +590,14 @@ def make_figures(models: Sequence[str | os.PathLike], data: str, out: str | os.P
 def summary_text(made: dict[str, Any]) -> str:
     """What :func:`make_figures` found, in a few lines per model: accuracy, ECE and NLL raw -> scaled and
     per-class AUC [95% CI] per test part, then the notes (for a terminal; the CLI prints it)."""
+    from xai_bt.names import display_name
+
     lines = []
     for name, record in made["records"].items():
         lines.append(f"{name} (T = {record['temperature']:.4g}):")
         for part, nums in record["parts"].items():
             c, r = nums["calibrated"], nums["raw"]
-            aucs = ", ".join(f"{k} {v['estimate']:.4f} [{v['low']:.4f}, {v['high']:.4f}]"
+            aucs = ", ".join(f"{display_name(k)} {v['estimate']:.4f} [{v['low']:.4f}, {v['high']:.4f}]"
                              for k, v in c["auc_ci"]["per_class"].items() if v["estimate"] is not None)
             lines.append(f"  {PARTS[part]:25s} n={nums['n']:5d} accuracy {c['accuracy_ci']['estimate']:.4f} "
                          f"ECE {r['calibration']['ece']:.4f} -> {c['calibration']['ece']:.4f}  "

@@ -1,7 +1,9 @@
 """Result tables: rows of numbers written as CSV (full precision), Markdown and LaTeX.
 
 The numbers come from :mod:`xai_bt.evaluation.metrics` and :mod:`xai_bt.evaluation.calibration`; this
-module only lays them out, so a table and a figure made from the same dict always agree.
+module only lays them out, so a table and a figure made from the same dict always agree. The CSV keeps
+code names (``no_tumor``) for programs; Markdown and LaTeX show class names as people read them
+(:func:`xai_bt.names.display_name`: "no tumor").
 """
 from __future__ import annotations
 
@@ -13,6 +15,10 @@ from typing import Any
 import numpy as np
 
 from xai_bt.evaluation.metrics import PER_CLASS_KEYS
+from xai_bt.names import display_name
+
+#: Columns whose values are class names, shown through display_name in Markdown and LaTeX.
+CLASS_COLUMNS = ("class",)
 
 
 def to_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -30,10 +36,12 @@ def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(key for row in rows for key in row))
 
 
-def _cell(value: Any, digits: int, missing: str) -> str:
-    """A value formatted for a human-readable table."""
+def _cell(value: Any, digits: int, missing: str, column: str = "") -> str:
+    """A value formatted for a human-readable table (a class name as people read it)."""
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return missing
+    if column in CLASS_COLUMNS and isinstance(value, str):
+        return display_name(value)
     if isinstance(value, (float, np.floating)):
         return f"{value:.{digits}f}"
     return str(value)
@@ -56,7 +64,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], digits: int = 3) -> str:
     cols = _columns(rows)
     align = ["---:" if _is_numeric(rows, c) else ":---" for c in cols]
     lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(_cell(r.get(c), digits, "–") for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(_cell(r.get(c), digits, "–", c) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -66,7 +74,7 @@ def latex_table(rows: Sequence[dict[str, Any]], digits: int = 3) -> str:
     spec = "".join("r" if _is_numeric(rows, c) else "l" for c in cols)
     lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(_tex(c) for c in cols) + r" \\",
              r"\midrule"]
-    lines += [" & ".join(_tex(_cell(r.get(c), digits, "--")) for c in cols) + r" \\" for r in rows]
+    lines += [" & ".join(_tex(_cell(r.get(c), digits, "--", c)) for c in cols) + r" \\" for r in rows]
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
