@@ -100,3 +100,13 @@ def test_review_and_serve_show_the_recommended_explanation_first(recommended_bun
     form = form_html(app)
     assert 'value="layercam@block6a_expand_activation" data-label="Layer-CAM (block6a_expand_activation)"' in form
     assert app.choices({})["methods"] == ["layercam@block6a_expand_activation", "gradcam"]
+
+
+def test_explain_without_methods_runs_the_recommendation(recommended_bundle):
+    from conftest import SAMPLES
+
+    from xai_bt.attribution.explain import explain
+    from xai_bt.model.bundle import load_model
+
+    expl = explain(load_model(recommended_bundle), [str(SAMPLES / "pituitary.jpg")])[0]
+    assert list(expl.maps) == ["layercam@block6a_expand_activation"]

@@ -83,12 +83,13 @@ def explain_batch(keras_model, x: np.ndarray, targets: int | Sequence[int] | np.
                                             batch_size, **options).items()}
 
 
-def explain(model, images, methods: Sequence[str] | str = ("gradcam",), target: Target = None,
+def explain(model, images, methods: Sequence[str] | str | None = None, target: Target = None,
             layer: str | None = None, network: str = "model", batch_size: int = 32,
             **options: Any) -> list[Explanation]:
     """Explain each scan with each method; one `Explanation` per scan.
 
     model: a Bundle or a bundle path. images: paths, arrays, or a prepared batch (N, S, S, 1).
+    methods: default the bundle's audit-recommended method (`provenance.default_methods`), else Grad-CAM.
     target: None (each scan's predicted class), a class name or index, or one per scan.
     layer: the CAM layer (default: the bundle's last conv layer). network: "model" (the final
     decision: the tumor classifier; for a cascade, stage 1 for scans it calls no tumor and stage 2 for
@@ -99,7 +100,7 @@ def explain(model, images, methods: Sequence[str] | str = ("gradcam",), target: 
     from xai_bt.model.bundle import Bundle, load_model
 
     bundle = model if isinstance(model, Bundle) else load_model(model)
-    methods = _check_methods(methods)
+    methods = _check_methods(methods if methods else provenance.default_methods(bundle, "explain"))
     _check_options(methods, options)
     if bundle.kind == "cascade" and network == "model":
         return _explain_cascade(bundle, images, methods, target, layer, batch_size, options)

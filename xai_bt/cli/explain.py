@@ -38,8 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", dest="list_file", metavar="FILE",
                    help="text file of scan paths, one per line (relative to the file's folder)")
     p.add_argument("--model", help="model bundle, or your own Keras model file with --classes (default: the shipped default model)")
-    p.add_argument("--methods", default="gradcam",
-                   help=methods_help("gradcam"))
+    p.add_argument("--methods", default=None,
+                   help=methods_help("the model's audit-recommended method, else gradcam"))
     p.add_argument("--target", help="class to explain (default: each scan's predicted class)")
     p.add_argument("--layer", help="conv layer for the CAM methods: its name or path inside a nested backbone, e.g. mobilenetv2_1.00_224/out_relu (default: the bundle's last conv layer)")
     p.add_argument("--list-layers", action="store_true",
@@ -65,9 +65,10 @@ def main(args: argparse.Namespace) -> int:
     from xai_bt.io.explain_files import plan_explain
     from xai_bt.io.shards import parse_shard
     from xai_bt.model.bundle import default_model_path
+    from xai_bt.model.provenance import default_methods
 
     try:
-        methods, formats = parse_methods(args.methods), parse_formats(args.format)
+        formats = parse_formats(args.format)
         check_numbers(args.top_k, args.batch_size)
         shard = parse_shard(args.shard)
         if args.workers is not None and args.workers < 1:
@@ -75,6 +76,7 @@ def main(args: argparse.Namespace) -> int:
         if args.resume and args.overwrite:
             raise UsageError("--resume keeps finished scans and --overwrite redoes them: choose one")
         model = load_bundle(args.model or default_model_path(), args)
+        methods = parse_methods(args.methods) if args.methods else list(default_methods(model, "explain"))
         if args.list_layers:
             return list_layers(model)
         if not args.inputs and not args.list_file:
