@@ -178,6 +178,10 @@ def test_a_figure_of_every_method_keeps_all_text_inside():
 
     maps = {m: (_blob(20, 40) - (_blob(45, 15) if i % 2 else 0)) for i, m in enumerate(METHODS)}
     assert clipped_texts(plot_explanation(_expl(maps=maps))) == []
+    for first in METHODS:                  # whichever method lands in the first column, at the left edge
+        rest = [m for m in METHODS if m != first]
+        order = rest[:2] + [first] + rest[2:]   # panels 0-1 are the scan and probabilities: cell 4 is column 0
+        assert clipped_texts(plot_explanation(_expl(maps={m: maps[m] for m in order}))) == [], first
 
 
 @pytest.mark.parametrize("n", [1, 4])

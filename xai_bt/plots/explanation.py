@@ -76,9 +76,15 @@ def plot_map_tile(expl: Explanation, method: str, top_k: float = 0.1, mask: np.n
 
 
 def _panel_title(method: str) -> str:
-    """A method's name for a 1.8 in panel: a long one breaks before its parenthesis."""
+    """A method's name for a 1.8 in panel: a long one breaks before its parenthesis, else at the space
+    nearest its middle, so no title is wider than its map."""
     name = display_name(method)
-    return name.replace(" (", "\n(", 1) if len(name) > 20 else name
+    if len(name) <= 18 or " " not in name:
+        return name
+    if " (" in name:
+        return name.replace(" (", "\n(", 1)
+    cut = min((i for i, ch in enumerate(name) if ch == " "), key=lambda i: abs(i - len(name) / 2))
+    return name[:cut] + "\n" + name[cut + 1:]
 
 
 def _draw_scan(ax, image: np.ndarray, mask: np.ndarray | None) -> None:
