@@ -358,3 +358,145 @@ def test_killed_then_resumed_stream_equals_the_in_memory_audit(bundle_path, bris
                         assert (entry[k] is None and eb[name][k] is None) or abs(entry[k] - eb[name][k]) < 1e-3
         assert b["faithfulness"][method] == a["faithfulness"][method]   # same scans, pixels and batches
     assert (out / "report.html").is_file() and not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+# ------------------------------------------------------------------------------------ the report page
+def _entry(mean, half=0.05, n=40):
+    """A summarise() entry: mean with a symmetric CI."""
+    return {"mean": mean, "low": max(0.0, mean - half), "high": min(1.0, mean + half), "n": n, "n_valid": n}
+
+
+def _synthetic_summary():
+    """A summary.json as the audit writes it: IG localises best, Grad-CAM++ fails randomisation and is
+    identical to Layer-CAM, pituitary is every method's weakest class."""
+    from xai_bt.audit.measure import FAITHFULNESS_SCORES
+
+    methods = ["gradcam", "gradcam++", "layercam", "integrated_gradients"]
+    pg = {"gradcam": 0.27, "gradcam++": 0.25, "layercam": 0.25, "integrated_gradients": 0.53}
+    classes = {"glioma": 1.0, "meningioma": 1.4, "pituitary": 0.5}
+
+    def block(p, scale=1.0):
+        return {name: _entry(p * scale if name == "pointing_game" else 0.2 * p * scale) for name in MAP_SCORES}
+
+    scores = {m: {"all": block(pg[m]), "by_class": {c: block(pg[m], f) for c, f in classes.items()},
+                  "by_plane": {"axial": block(pg[m])}, "by_prediction": {"correct": block(pg[m])}} for m in methods}
+    def curve(m):
+        mid = 0.2 + pg[m]                                           # Grad-CAM++ and Layer-CAM: the same curve
+        return {"fraction": [0, 0.5, 1], "deletion": [0.9, mid, 0.3], "insertion": [0.3, 1 - mid, 0.9]}
+
+    faith = {m: {"summary": {k: _entry(0.4 + 0.1 * (m == "integrated_gradients")) for k in FAITHFULNESS_SCORES},
+                 "curves": curve(m)} for m in methods}
+    steps = {m: [{"layer": layer, "spearman": rho, "ssim": 0.3} for layer, rho in
+                 zip(("logits", "top_conv", "stem_conv"), {"gradcam": (0.3, 0.1, 0.05), "integrated_gradients": (0.2, 0.0, -0.02)}
+                     .get(m, (0.99, 0.8, 0.6)))] for m in methods}
+    chance = {"mask_fraction": _entry(0.02, 0.002)}
+    return {
+        "model": "models/x", "model_name": "x", "temperature": 1.5, "data": "data/brisc", "classes": list(CLASS_NAMES),
+        "input_size": 160, "cam_layer": "top_activation", "target": "true", "methods": methods, "n_images": 40,
+        "selection": {"scans": 100, "with_mask": 90, "unseen_only": True, "train_rows": 500, "unseen": 40,
+                      "seen": 50, "unseen_with_val_twin": 40, "skipped": {}, "audited": 40},
+        "unseen_definition": "Unseen = no twin among the training scans; all have a twin in validation.",
+        "accuracy": 0.95, "mask_sources": {"dataset": 40},
+        "settings": {"tolerance_px": 4.8, "top_k": 0.05, "bootstrap_resamples": 1000, "ci": 0.95,
+                     "faithfulness_images": 40, "road_percentages": [10, 50, 90], "sanity_images": 6, "limit": None,
+                     "seed": 0},
+        "chance": {"all": chance, "by_class": {c: chance for c in classes}, "by_plane": {"axial": chance},
+                   "by_prediction": {"correct": chance}},
+        "scores": scores, "faithfulness": faith,
+        "sanity": {"layers": ["logits", "top_conv", "stem_conv"], "n_images": 6,
+                   "methods": {m: {"fails": m in ("gradcam++", "layercam"), "steps": steps[m]} for m in methods}},
+        "timings": {"load_and_select_s": 1.0, "total_s": 2.0}, "wall_time_s": 2.0,
+    }
+
+
+def _text(fragment):
+    """An HTML fragment as plain words."""
+    import html
+    import re
+
+    return html.unescape(re.sub(r"<[^>]+>", "", fragment))
+
+
+def test_conclusions_name_the_best_localiser_and_the_failing_methods():
+    from xai_bt.audit.report import conclusions
+
+    s = _synthetic_summary()
+    said = [_text(c) for c in conclusions(s)]
+    best = next(c for c in said if "localises best" in c)
+    assert best.startswith("Integrated Gradients localises best") and "0.530 (95% CI 0.480–0.580, n = 40)" in best
+    assert "2.0% for a randomly placed peak" in best
+    failing = next(c for c in said if "randomisation check" in c)
+    assert "Grad-CAM++ and Layer-CAM fail the randomisation check" in failing
+    assert "Passing: Grad-CAM 0.05, Integrated Gradients -0.02" in failing
+    assert any("Grad-CAM++ and Layer-CAM give the same maps" in c for c in said)
+    assert any(c.startswith("By class, pituitary is the weak spot") for c in said)
+    assert any("40 scans unseen in training" in c and "validation" in c for c in said)
+    assert not any("_" in c for c in said)                         # display names, never code names
+
+    # numbers, not words, decide: another winner and nobody failing change the sentences
+    s["scores"]["gradcam"]["all"]["pointing_game"] = _entry(0.9)
+    for m in s["methods"]:
+        s["sanity"]["methods"][m]["fails"] = False
+    said = [_text(c) for c in conclusions(s)]
+    assert any(c.startswith("Grad-CAM localises best") for c in said)
+    assert any(c.startswith("Every method passes the randomisation check") for c in said)
+
+
+def test_report_page_uses_display_names_and_says_its_conclusions_first():
+    import re
+
+    from xai_bt.audit.report import render_report
+
+    page = render_report(_synthetic_summary(), {})
+    visible = _text(re.sub(r"<(style|code)>.*?</\1>", "", page, flags=re.S))
+    assert visible.index("What this audit says") < visible.index("Which scans") < visible.index("Localisation")
+    assert "Integrated Gradients" in visible and "integrated_gradients" not in visible
+    assert not {"gradcam", "layercam", "pointing_game", "energy_pointing_game", "by_class"} & set(visible.split())
+    assert "pointing game" in visible and "top-5% IoU" in visible
+
+
+def test_forest_plots_fit_their_values_and_identical_curves_are_named():
+    from xai_bt.audit.localisation import LOCALISATION_SCORES
+    from xai_bt.plots.audit import faithfulness_figure, localisation_figure, sanity_figure
+    from xai_bt.plots.style import clipped_texts
+
+    s = _synthetic_summary()
+    fig = localisation_figure(s, LOCALISATION_SCORES)
+    energy = next(ax for ax in fig.axes if ax.get_title().startswith("energy"))
+    low, high = energy.get_xlim()
+    assert 0 <= low <= 0.02 and 0.11 <= high < 0.3                # values 0.05-0.106 and chance 0.02: not 0-1
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()][-1] == "Integrated Gradients"
+    for make in (faithfulness_figure, sanity_figure):
+        fig = make(s)
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert any(t.startswith("Layer-CAM") and "identical to Grad-CAM++ within 0.0001" in t for t in labels)
+        assert not any(ax.get_legend() for ax in fig.axes)         # the legend sits beside the axes, not on them
+        lines = [ln for ln in fig.axes[0].get_lines() if ln.get_label().startswith(("Grad-CAM++", "Layer-CAM"))]
+        assert len({(ln.get_linestyle(), ln.get_marker()) for ln in lines}) == 2
+        assert clipped_texts(fig) == []
+
+
+def test_gallery_has_best_typical_and_worst_rows():
+    from xai_bt.audit.summary import gallery_picks
+    from xai_bt.plots.audit import gallery_figure
+
+    energy = np.array([0.30, 0.05, np.nan, 0.12, 0.20, 0.01, 0.15, 0.08, 0.10, 0.25, 0.02])
+    picks = gallery_picks(energy, 2)
+    kinds = [k for k, _ in picks]
+    assert kinds == ["best"] * 2 + ["typical"] * 2 + ["worst"] * 2
+    by = {k: [energy[i] for kk, i in picks if kk == k] for k in ("best", "typical", "worst")}
+    assert by["best"] == [0.30, 0.25] and by["worst"] == [0.01, 0.02]
+    median = np.nanmedian(energy)                                   # 0.11, of the 10 valid values
+    assert all(abs(v - median) <= 0.04 for v in by["typical"]) and len(set(i for _, i in picks)) == 6
+    assert gallery_picks(energy[:4], 2) == [("best", 0), ("best", 3), ("worst", 1)]   # 3 scans: none twice
+
+    rng = np.random.default_rng(0)
+    items = [dict(kind=k, image=rng.random((SIZE, SIZE)) * 255, map=rng.random((SIZE, SIZE)),
+                  mask=np.pad(np.ones((8, 8), bool), 28), label="no_tumor" if k == "typical" else "glioma",
+                  plane="axial", energy_pointing_game=0.1, pointing_game=1.0, prediction="glioma", confidence=0.9)
+             for k, _ in picks]
+    fig = gallery_figure("integrated_gradients", items)
+    rows = [sub._suptitle.get_text() for sub in fig.subfigs]
+    assert [r.split(":")[0] for r in rows] == ["Best", "Typical", "Worst"]
+    titles = [ax.get_title() for ax in fig.axes if ax.images]
+    assert len(titles) == 6 and sum(t.startswith("no tumor") for t in titles) == 2

@@ -45,7 +45,7 @@ from xai_bt.audit.measure import (
 )
 from xai_bt.audit.selection import EMPTY_MASK, scan_loader, select_candidates
 from xai_bt.audit.sinks import OUTPUTS, SCORE_FIELDS, CsvSink, MemorySink, Sink, csv_row
-from xai_bt.audit.summary import Columns, build_summary, read_columns
+from xai_bt.audit.summary import Columns, build_summary, gallery_picks, read_columns
 from xai_bt.data.twins import TWIN_THRESHOLD
 from xai_bt.io.atomic import write_atomic
 from xai_bt.io.shards import shard_positions
@@ -308,15 +308,13 @@ class _Audit:
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
     def _gallery(self, cols: Columns, targets: np.ndarray) -> dict[str, list[dict[str, Any]]]:
-        """Per method, the `gallery_size` best and worst scans by energy pointing game, re-read and re-explained
-        (maps are not kept during the run): image, map, mask, scores and what the caption shows."""
+        """Per method, the `gallery_size` best, typical (around the median) and worst scans by energy pointing
+        game (:func:`gallery_picks`), re-read and re-explained (maps are not kept during the run): image, map,
+        mask, scores and what the caption shows."""
         size, out = self.cfg.gallery_size, {}
         for method in self.cfg.methods:
             sc = cols.scores[method]
-            energy = sc["energy_pointing_game"]
-            valid = np.flatnonzero(np.isfinite(energy))
-            order = valid[np.argsort(-energy[valid], kind="stable")]
-            picks = [("best", i) for i in order[:size]] + [("worst", i) for i in order[::-1][:size]]
+            picks = gallery_picks(sc["energy_pointing_game"], size)
             if not picks:
                 out[method] = []
                 continue

@@ -2,21 +2,25 @@
 
 The rows become per-scan columns in audit order (so the bootstrap resamples, and thus the CIs, do not depend
 on the order rows were written in), then means with bootstrap 95% CIs overall and per class, plane and
-correctness (:func:`xai_bt.audit.localisation.summarise`).
+correctness (:func:`xai_bt.audit.localisation.summarise`). :func:`gallery_picks` chooses the gallery's best,
+typical and worst scans; :func:`coinciding_methods` finds methods whose every summary number agrees.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from xai_bt.audit.localisation import summarise
 from xai_bt.audit.measure import MAP_SCORES, ROAD_PERCENTAGES
 
-__all__ = ["BOOTSTRAP_RESAMPLES", "Columns", "build_summary", "read_columns", "summarise_scores"]
+__all__ = ["BOOTSTRAP_RESAMPLES", "GALLERY_KINDS", "Columns", "build_summary", "coinciding_methods", "gallery_picks",
+           "read_columns", "summarise_scores"]
 
 BOOTSTRAP_RESAMPLES = 1000
+#: The gallery's rows, in page order: highest energy, around the median, lowest.
+GALLERY_KINDS = ("best", "typical", "worst")
 
 
 @dataclass
@@ -65,7 +69,7 @@ def _number(v: Any) -> float:
     return np.nan if v is None or v == "" else float(v)
 
 
-def summarise_scores(scores: dict[str, np.ndarray], groups: dict[str, Sequence[str]],
+def summarise_scores(scores: dict[str, np.ndarray], groups: Mapping[str, Sequence[str]],
                      n_boot: int = BOOTSTRAP_RESAMPLES) -> dict[str, Any]:
     """Means with bootstrap 95% CIs overall ("all") and per grouping (e.g. "by_class": labels)."""
     out: dict[str, Any] = {"all": summarise(scores, n_boot=n_boot)["all"]}
@@ -100,3 +104,55 @@ def build_summary(bundle, data: str, names: Sequence[str], cols: Columns, *, met
         "faithfulness": {m: {"summary": summarise_scores(faith[m], {})["all"], "curves": curves[m]} for m in faith},
         "sanity": sanity_result,
     }
+
+
+# --------------------------------------------------------------------------------------------- gallery
+def gallery_picks(energy: np.ndarray, size: int) -> list[tuple[str, int]]:
+    """(kind, scan index) of the `size` best, typical (nearest the median rank) and worst scans by energy,
+    NaN left out; no scan twice, so with fewer than 3 x `size` scans the typical row is what is left between."""
+    valid = np.flatnonzero(np.isfinite(energy))
+    order = valid[np.argsort(-energy[valid], kind="stable")]          # best first
+    n = len(order)
+    best = list(range(min(size, n)))
+    worst = [r for r in range(n - 1, -1, -1) if r not in best][:size]
+    middle = (n - 1) / 2
+    rest = sorted((r for r in range(n) if r not in best and r not in worst), key=lambda r: (abs(r - middle), r))
+    typical = sorted(rest[:size])
+    return ([("best", int(order[r])) for r in best] + [("typical", int(order[r])) for r in typical]
+            + [("worst", int(order[r])) for r in worst])
+
+
+# ------------------------------------------------------------------------------------ equal methods
+def coinciding_methods(summary: dict[str, Any], tolerance: float = 1e-3) -> list[tuple[str, str, float]]:
+    """Pairs (a, b, largest difference) of methods, in summary order, whose every localisation mean (overall
+    and per group), faithfulness mean and randomisation step agree within `tolerance`: one method twice."""
+    numbers = {m: _method_numbers(summary, m) for m in summary["methods"]}
+    pairs = []
+    for i, a in enumerate(summary["methods"]):
+        for b in summary["methods"][i + 1:]:
+            if numbers[a].keys() != numbers[b].keys() or not numbers[a]:
+                continue
+            gap = max(abs(numbers[a][k] - numbers[b][k]) for k in numbers[a])
+            if gap <= tolerance:
+                pairs.append((a, b, gap))
+    return pairs
+
+
+def _method_numbers(summary: dict[str, Any], method: str) -> dict[tuple[str, ...], float]:
+    """Every defined summary number of one method, keyed by where it sits (group, entry, statistic)."""
+    out: dict[tuple[str, ...], float] = {}
+    for group, block in summary["scores"][method].items():
+        entries = {"": block} if group == "all" else block
+        for key, scores in entries.items():
+            for name, e in scores.items():
+                if e.get("mean") is not None:
+                    out[(group, key, name)] = float(e["mean"])
+    faith = (summary.get("faithfulness") or {}).get(method)
+    for name, e in (faith or {}).get("summary", {}).items():
+        if e.get("mean") is not None:
+            out[("faithfulness", name)] = float(e["mean"])
+    sanity = ((summary.get("sanity") or {}).get("methods") or {}).get(method)
+    for step in (sanity or {}).get("steps", []):
+        if step.get("spearman") is not None:
+            out[("sanity", step["layer"])] = float(step["spearman"])
+    return out
