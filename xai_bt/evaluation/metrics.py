@@ -409,6 +409,26 @@ def _weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray)
     return np.divide(num, den, out=np.full(len(w), np.nan), where=den > 0)
 
 
+def _bootstrap_counts(y: np.ndarray, n_boot: int, seed: int, stratified: bool):
+    """(first replicate, counts (chunk, n)): how often each item is drawn in each bootstrap replicate,
+    `_BOOT_CHUNK` replicates at a time, so a metric computed under sample weights needs no resampling."""
+    idx = _bootstrap_indices(y, n_boot, seed, stratified)
+    for start in range(0, n_boot, _BOOT_CHUNK):
+        rows = idx[start:start + _BOOT_CHUNK]
+        yield start, np.bincount((rows + len(y) * np.arange(len(rows))[:, None]).ravel(),
+                                 minlength=len(rows) * len(y)).reshape(len(rows), len(y))
+
+
+def _cumulative_counts(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted true and false positives (B, thresholds) at each distinct score, highest first (tied
+    scores are one threshold): the ROC and PR curves of each row of sample weights."""
+    order = np.argsort(-scores, kind="mergesort")
+    s, pos, w = scores[order], positive[order].astype(bool), weights[:, order].astype(np.float64)
+    ends = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]  # last item of each group of tied scores
+    return np.cumsum(np.where(pos, w, 0.0), axis=1)[:, ends], np.cumsum(np.where(pos, 0.0, w), axis=1)[:, ends]
+
+
 def auc_with_ci(
     y_true: Any,
     y_prob: Any,
@@ -428,16 +448,13 @@ def auc_with_ci(
     k = p.shape[1]
     names = _names(class_names, k)
     onehot = _one_hot(y, k)
-    idx = _bootstrap_indices(y, n_boot, seed, stratified)
     per_class_boots = np.empty((n_boot, k))
     micro_boots = np.empty(n_boot)
-    for start in range(0, n_boot, _BOOT_CHUNK):
-        rows = idx[start:start + _BOOT_CHUNK]
-        counts = np.bincount((rows + len(y) * np.arange(len(rows))[:, None]).ravel(),
-                             minlength=len(rows) * len(y)).reshape(len(rows), len(y))
+    for start, counts in _bootstrap_counts(y, n_boot, seed, stratified):
         for c in range(k):
-            per_class_boots[start:start + len(rows), c] = _weighted_auc(p[:, c], onehot[:, c], counts)
-        micro_boots[start:start + len(rows)] = _weighted_auc(p.ravel(), onehot.ravel(), np.repeat(counts, k, axis=1))
+            per_class_boots[start:start + len(counts), c] = _weighted_auc(p[:, c], onehot[:, c], counts)
+        micro_boots[start:start + len(counts)] = _weighted_auc(p.ravel(), onehot.ravel(),
+                                                               np.repeat(counts, k, axis=1))
     ones = np.ones((1, len(y)))
     estimates = [_float(_weighted_auc(p[:, c], onehot[:, c], ones)[0]) for c in range(k)]
     return {
@@ -456,16 +473,12 @@ def _weighted_ap(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) 
     a bootstrap resample is the original sample weighted by how often each item was drawn. NaN for a
     replicate without positives.
     """
-    order = np.argsort(-scores, kind="mergesort")
-    s, pos, w = scores[order], positive[order].astype(bool), weights[:, order].astype(np.float64)
-    ends = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]  # last item of each group of tied scores
-    tp = np.cumsum(np.where(pos, w, 0.0), axis=1)[:, ends]
-    fp = np.cumsum(np.where(pos, 0.0, w), axis=1)[:, ends]
+    tp, fp = _cumulative_counts(scores, positive, weights)
     precision = np.divide(tp, tp + fp, out=np.ones_like(tp), where=(tp + fp) > 0)
     n_pos = tp[:, -1:]
-    recall_step = np.diff(np.concatenate([np.zeros((len(w), 1)), tp], axis=1), axis=1)
+    recall_step = np.diff(np.concatenate([np.zeros((len(weights), 1)), tp], axis=1), axis=1)
     num = np.sum(recall_step * precision, axis=1)
-    return np.divide(num, n_pos[:, 0], out=np.full(len(w), np.nan), where=n_pos[:, 0] > 0)
+    return np.divide(num, n_pos[:, 0], out=np.full(len(weights), np.nan), where=n_pos[:, 0] > 0)
 
 
 def average_precision_with_ci(
@@ -486,14 +499,10 @@ def average_precision_with_ci(
     k = p.shape[1]
     names = _names(class_names, k)
     onehot = _one_hot(y, k)
-    idx = _bootstrap_indices(y, n_boot, seed, stratified)
     boots = np.empty((n_boot, k))
-    for start in range(0, n_boot, _BOOT_CHUNK):
-        rows = idx[start:start + _BOOT_CHUNK]
-        counts = np.bincount((rows + len(y) * np.arange(len(rows))[:, None]).ravel(),
-                             minlength=len(rows) * len(y)).reshape(len(rows), len(y))
+    for start, counts in _bootstrap_counts(y, n_boot, seed, stratified):
         for c in range(k):
-            boots[start:start + len(rows), c] = _weighted_ap(p[:, c], onehot[:, c], counts)
+            boots[start:start + len(counts), c] = _weighted_ap(p[:, c], onehot[:, c], counts)
     ones = np.ones((1, len(y)))
     estimates = [_float(_weighted_ap(p[:, c], onehot[:, c], ones)[0]) for c in range(k)]
     return {
@@ -509,13 +518,9 @@ def _step_tpr(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray, gri
     The ROC curve as a step function: at FPR f, the highest TPR reachable with FPR <= f (thresholds run
     over the distinct scores, highest first). NaN for a replicate without positives or negatives.
     """
-    order = np.argsort(-scores, kind="mergesort")
-    s, pos, w = scores[order], positive[order].astype(bool), weights[:, order].astype(np.float64)
-    ends = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]  # last item of each group of tied scores
-    tp = np.cumsum(np.where(pos, w, 0.0), axis=1)[:, ends]
-    fp = np.cumsum(np.where(pos, 0.0, w), axis=1)[:, ends]
-    out = np.full((len(w), len(grid)), np.nan)
-    for b in range(len(w)):
+    tp, fp = _cumulative_counts(scores, positive, weights)
+    out = np.full((len(weights), len(grid)), np.nan)
+    for b in range(len(weights)):
         if tp[b, -1] <= 0 or fp[b, -1] <= 0:
             continue
         tpr = np.r_[0.0, tp[b] / tp[b, -1]]
