@@ -248,7 +248,7 @@ def test_two_stage_view_attribution(two_stage):
     x = _images(2, 32, seed=10)
     out = explain(two_stage, x, methods=("gradcam", "saliency", "smoothgrad", "integrated_gradients",
                                          "shap_gradient", "occlusion", "shap_partition"),
-                  smooth_samples=4, shap_samples=8, max_evals=40)
+                  smooth_samples=4, shap_samples=8, max_evals=40, steps=256)
     for e in out:
         assert set(e.view_attribution) == {"saliency", "smoothgrad", "integrated_gradients", "shap_gradient"}
         assert all(m.shape == (32, 32) and np.all(np.isfinite(m)) for m in e.maps.values())

@@ -43,7 +43,7 @@ def _expl(target: int = 0, **kw) -> Explanation:
 
 def _texts(fig) -> list[str]:
     """Every piece of text in the figure: titles, suptitle, annotations, tick labels, legend."""
-    out = [t.get_text() for t in fig.findobj(matplotlib.text.Text)]
+    out = [t.get_text().replace("\n", " ") for t in fig.findobj(matplotlib.text.Text)]   # titles may wrap
     return [t for t in out if t]
 
 
@@ -58,7 +58,7 @@ def test_figure_panels_and_text():
     assert "view: coronal (0.80)" in title and "case_007.jpg" in title and "Maps explain" not in title
     images = [ax for ax in fig.axes if ax.images]
     assert len(images) == 3                                   # scan + two overlays
-    overlays = {ax.get_title(): ax for ax in images if len(ax.images) == 2}
+    overlays = {ax.get_title().replace("\n", " "): ax for ax in images if len(ax.images) == 2}
     cams, ig = overlays["Grad-CAM"].images[1], overlays["Integrated Gradients"].images[1]
     assert cams.get_cmap().name == "magma" and cams.norm.vmin == 0
     assert ig.get_cmap().name == "RdBu_r" and np.isclose(ig.norm.vmin, -ig.norm.vmax)
