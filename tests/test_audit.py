@@ -500,3 +500,29 @@ def test_gallery_has_best_typical_and_worst_rows():
     assert [r.split(":")[0] for r in rows] == ["Best", "Typical", "Worst"]
     titles = [ax.get_title() for ax in fig.axes if ax.images]
     assert len(titles) == 6 and sum(t.startswith("no tumor") for t in titles) == 2
+
+
+def test_plain_audit_audits_the_candidates_stores_the_recommendation_and_lists_it_first(bundle_path, brisc, tmp_path,
+                                                                                         capsys):
+    from xai_bt.model.bundle import read_config
+    from xai_bt.model.provenance import audit_candidates, recommended_explanation
+
+    own = tmp_path / "model"
+    shutil.copytree(bundle_path, own)
+    common = ["audit", str(own), "--data", str(brisc), "--train-data", str(bundle_path.parent / "train_data"),
+              "--gallery", "1", "--batch-size", "4"]
+    assert cli.main([*common, "--out", str(tmp_path / "a1")]) == 0
+    first = json.loads((tmp_path / "a1" / "summary.json").read_text())
+    from xai_bt.model.bundle import load_model
+
+    assert first["methods"] == list(audit_candidates(load_model(own)))
+    assert "--methods" in first["command"]                       # what was audited is spelled out
+    rec = recommended_explanation(read_config(own))
+    assert rec is not None and rec["method"] in first["methods"]
+    assert f"recommended explanation: {rec['method']}" in capsys.readouterr().out
+    assert cli.main([*common, "--out", str(tmp_path / "a2")]) == 0
+    second = json.loads((tmp_path / "a2" / "summary.json").read_text())
+    assert second["methods"][0] == rec["method"] and sorted(second["methods"]) == sorted(first["methods"])
+    before = (own / "bundle.json").read_text()
+    assert cli.main([*common, "--methods", "saliency", "--no-store", "--out", str(tmp_path / "a3")]) == 0
+    assert (own / "bundle.json").read_text() == before

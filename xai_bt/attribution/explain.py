@@ -107,6 +107,7 @@ def explain(model, images, methods: Sequence[str] | str | None = None, target: T
     name, net = _network(bundle, network)
     names = provenance.network_classes(bundle, name)
     x, paths = _prepare(bundle, images, target)
+    image_notes = _image_notes(bundle, images, len(x))
     cam_layer = _cam_layer(bundle, net, layer, methods)
     if options.get("background") is not None:
         options["background"] = _background(bundle, net, options["background"], batch_size)
@@ -129,6 +130,9 @@ def explain(model, images, methods: Sequence[str] | str | None = None, target: T
         if cam_layer:
             passes = (acts, grads if fixed is not None else grads[np.arange(len(xb)), targets])
         result = attribute(net, xb, targets, methods, cam_layer, extra, batch_size, cam_passes=passes, **options)
+        pooled = acts.mean(axis=(1, 2)) if cam_layer and cam_layer == _pooled(bundle, name, net) else None
+        notes = _warnings(bundle, xb, extra[0] if extra else None, image_notes[start:start + len(xb)], batch_size,
+                          pooled)
         for i in range(len(xb)):
             explanations.append(Explanation(
                 image=xb[i, ..., 0].copy(), maps={m: a.maps[i] for m, a in result.items()},
@@ -139,7 +143,7 @@ def explain(model, images, methods: Sequence[str] | str | None = None, target: T
                 view_names=pred.view_names,
                 view_attribution={m: a.inputs[0][i] for m, a in result.items() if a.inputs},
                 extra={m: _info_at(a.info, i) for m, a in result.items() if a.info}, network=name,
-                score=provenance.explained_score(bundle)))
+                score=provenance.explained_score(bundle), warnings=notes[i]))
     return explanations
 
 
@@ -151,6 +155,7 @@ def _explain_cascade(bundle, images, methods: tuple[str, ...], target: Target, l
     names = tuple(bundle.class_names)
     stage_classes = {stage: list(provenance.network_classes(bundle, stage)) for stage in ("stage1", "stage2")}
     x, paths = _prepare(bundle, images, target)
+    image_notes = _image_notes(bundle, images, len(x))
     background = options.pop("background", None)
     stage_options = {stage: options if background is None else
                      {**options, "background": _background(bundle, bundle.networks[stage], background, batch_size)}
@@ -161,6 +166,7 @@ def _explain_cascade(bundle, images, methods: tuple[str, ...], target: Target, l
         pred = bundle.predict_prepared(xb, batch_size=batch_size)
         targets = pred.probabilities.argmax(axis=1) if target is None else _resolve_targets(target, len(xb), names, start)
         chunk: list[Explanation | None] = [None] * len(xb)
+        notes = _warnings(bundle, xb, None, image_notes[start:start + len(xb)], batch_size)
         for stage, classes in stage_classes.items():
             rows = [i for i, t in enumerate(targets) if provenance.decision_network(bundle, names[t]) == stage]
             if not rows:
@@ -176,7 +182,7 @@ def _explain_cascade(bundle, images, methods: tuple[str, ...], target: Target, l
                     target=int(targets[i]), target_name=names[targets[i]], probabilities=pred.probabilities[i],
                     class_names=names, model_name=bundle.name, path=paths[start + i], layer=cam_layer,
                     extra={m: _info_at(a.info, j) for m, a in result.items() if a.info}, network=stage,
-                    score=provenance.explained_score(bundle))
+                    score=provenance.explained_score(bundle), warnings=notes[i])
         out.extend(e for e in chunk if e is not None)     # every scan is decided by one of the two stages
     return out
 
@@ -215,6 +221,56 @@ def _prepare(bundle, images, target: Target) -> tuple[np.ndarray, list[str | Non
     if not (target is None or isinstance(target, (str, int, np.integer))) and len(target) != len(x):
         raise ValueError(f"give one target for all scans or one per scan ({len(x)}), got {len(target)}")
     return x, _paths(images, len(x))
+
+
+def _image_notes(bundle, images, n: int) -> list[list[str]]:
+    """Each scan's image-check warnings (`model.competence`) when the caller gave files or arrays as decoded
+    (read as `Bundle.prepare` reads them); none for a prepared batch, whose pixels no longer show the scan
+    as stored."""
+    from xai_bt.model.bundle import _is_model_batch
+
+    if isinstance(images, np.ndarray) and (images.ndim not in (2, 3) or _is_model_batch(images, bundle.preprocessing)):
+        return [[] for _ in range(n)]
+    items = [images] if isinstance(images, (str, os.PathLike, np.ndarray)) else list(images)
+    return [_item_notes(item) for item in items] if len(items) == n else [[] for _ in range(n)]
+
+
+def _item_notes(item) -> list[str]:
+    """The image-check warnings of one path or array."""
+    from xai_bt.data.decode import read_image
+    from xai_bt.model.bundle import _as_gray
+    from xai_bt.model.competence import decode_colour, scan_warnings
+
+    if isinstance(item, np.ndarray):
+        a = np.asarray(item)
+        colour = a.ndim == 3 and a.shape[2] in (3, 4) and a.dtype == np.uint8
+        return scan_warnings(_as_gray(a), a[..., :3] if colour else None)
+    return scan_warnings(read_image(item), decode_colour(item))
+
+
+def _warnings(bundle, xb: np.ndarray, view_vectors: np.ndarray | None, image_notes: list[list[str]],
+              batch_size: int, feats: np.ndarray | None = None) -> list[list[str]]:
+    """Each scan's competence warnings: its image checks, then a fitted bundle's feature check (`feats`: the
+    checked network's features when the CAM pass already gave them, else one forward pass)."""
+    from xai_bt.model import competence
+
+    notes = [list(n) for n in image_notes]
+    if competence.has_feature_check(bundle):
+        if feats is None:
+            views = view_vectors if competence.feature_network(bundle) == "model" else None
+            feats = competence.features(bundle, xb, view_vectors=views, batch_size=batch_size)
+        notes = [n + w for n, w in zip(notes, competence.feature_warnings(bundle, feats))]
+    return notes
+
+
+def _pooled(bundle, name: str, net) -> str | None:
+    """The layer whose mean activations are the checked features, when `net` is the checked network of a
+    fitted bundle (then the CAM pass on that layer yields them); else None."""
+    from xai_bt.model import competence
+
+    if not competence.has_feature_check(bundle) or name != competence.feature_network(bundle):
+        return None
+    return competence.pooled_layer(net)
 
 
 def _cam_layer(bundle, net, layer: str | None, methods: tuple[str, ...]) -> str | None:

@@ -11,7 +11,9 @@ import numpy as np
 class Explanation:
     """One scan's explanation. `maps[method]` is an (S, S) float32 heatmap at model-input resolution,
     aligned with `image` (the prepared pixels the model saw). CAM-family maps are >= 0; signed methods
-    (Integrated Gradients, SHAP) keep their sign so positive = evidence for `target_name`."""
+    (Integrated Gradients, SHAP) keep their sign so positive = evidence for `target_name`. `warnings`: short
+    sentences saying how the scan is unlike the model's training scans (`xai_bt.model.competence`); empty
+    when it is like them."""
 
     image: np.ndarray                              # (S, S) float32 in [0, 255]
     maps: dict[str, np.ndarray]
@@ -29,6 +31,7 @@ class Explanation:
     extra: dict[str, Any] = field(default_factory=dict)
     network: str | None = None                     # the bundle network the maps come from ("stage1" of a cascade...)
     score: str = "logits"                          # which class score the maps explain (provenance.explained_score)
+    warnings: list[str] = field(default_factory=list)  # the scan is unlike the training scans (model.competence)
 
     @property
     def predicted(self) -> str:

@@ -7,6 +7,11 @@ no row in memory: score rows are appended to scores.csv per batch (unusable scan
 summary is computed from the CSV at the end; `--shard K/N` audits every N-th scan into scores-K-of-N.csv, and a
 final `--resume` run without --shard merges the shards and writes the summary. Progress messages (logger
 `xai_bt.audit`) and bars go to stderr, the results table to stdout.
+
+Without --methods it audits the bundle's candidates (`provenance.default_methods(bundle, "audit")`: the
+recommended method first, the audit defaults, Layer-CAM and HiResCAM on finer layers, their fusion). At the end
+it names the explanation to show first (`xai_bt.audit.recommend`) and, for a bundle folder, stores it in its
+bundle.json (`--no-store` leaves the bundle as it is), where explain, report and serve read it.
 """
 from __future__ import annotations
 
@@ -22,16 +27,15 @@ if TYPE_CHECKING:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from xai_bt.attribution.registry import AUDIT_DEFAULT as DEFAULT_METHODS
-
     p.add_argument("model", help="model bundle folder, or your own Keras model file (.keras, .h5) with --classes")
     p.add_argument("--data", required=True, help="dataset with tumor masks (BRISC, figshare .mat, or any "
                                                  "layout with --masks / --boxes)")
     p.add_argument("--masks", help="folder of mask images (matched to scans by file stem) or a CSV "
                                    "'file,mask' (files relative to --data, masks to the CSV's folder)")
     p.add_argument("--boxes", help="folder of YOLO box files 'class xc yc w h' (matched by stem): boxes as masks")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help=methods_help(",".join(DEFAULT_METHODS)))
+    p.add_argument("--methods", help=methods_help(
+        "the bundle's recommended method, then the audit defaults, Layer-CAM and HiResCAM on the last layer of "
+        "each finer resolution, and Layer-CAM fused over layers"))
     p.add_argument("--layer", help="conv layer for the CAM methods (default: the bundle's last conv layer)")
     p.add_argument("--target", choices=("true", "predicted"), default="true",
                    help="class to explain: the annotated tumor class (default) or the model's prediction")
@@ -61,6 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="finish an interrupted streamed audit (implies --stream)")
     p.add_argument("--shard", metavar="K/N", help="audit only shard K of N of the scans (implies --stream)")
     p.add_argument("--workers", type=int, help="scans decoded in parallel (default: tf.data's AUTOTUNE)")
+    p.add_argument("--no-store", dest="store", action="store_false",
+                   help="do not store the recommended explanation in the bundle's bundle.json")
     add_model_options(p)
 
 
@@ -71,11 +77,16 @@ def main(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     try:
+        bundle = load_bundle(args.model, args)
+        if args.methods is None:                    # recorded in summary.json's command as it was run
+            from xai_bt.model.provenance import default_methods
+
+            args.methods = ",".join(default_methods(bundle, "audit"))
         config = _config(args, parse_methods(args.methods))
         if args.stream or args.resume or args.shard:
-            return _streamed(args, config, start)
+            return _streamed(args, bundle, config, start)
         check_out(args.out, args.overwrite)
-        result = run_audit(load_bundle(args.model, args), args.data, config)
+        result = run_audit(bundle, args.data, config)
         paths = write_audit(result, args.out, overwrite=args.overwrite, command=command_line(args))
     except (UsageError, BundleError, FileExistsError, FileNotFoundError, ValueError) as e:
         hint = (" (pass --train-data ROOT, or --all to audit every scan)"
@@ -84,8 +95,24 @@ def main(args: argparse.Namespace) -> int:
                 if "unseen in training" in str(e) else "")
         return fail(f"{e}{hint}")
     _print_summary(result.summary)
+    _recommend(args, result.summary)
     print(f"wrote {', '.join(str(p) for p in paths)} in {time.perf_counter() - start:.0f} s")
     return 0
+
+
+def _recommend(args: argparse.Namespace, summary: dict) -> None:
+    """Name the explanation to show first and, for a bundle folder unless --no-store, store it there."""
+    from pathlib import Path
+
+    from xai_bt.audit.recommend import recommend, score_line, store
+
+    rec = recommend(summary)
+    checks = "" if rec["passed_checks"] else " (no method passed the faithfulness and randomisation checks)"
+    print(f"recommended explanation: {rec['method']}{checks}; {score_line(rec, rec['method'])}")
+    if args.store and Path(args.model).is_dir():
+        store(args.model, rec)
+        print(f"stored in {Path(args.model) / 'bundle.json'} (\"explanation\"): explain, report and serve show it "
+              "first")
 
 
 def _config(args: argparse.Namespace, methods: list[str]) -> AuditConfig:
@@ -104,18 +131,19 @@ def _config(args: argparse.Namespace, methods: list[str]) -> AuditConfig:
                        workers=args.workers, progress=True)
 
 
-def _streamed(args: argparse.Namespace, config: AuditConfig, start: float) -> int:
+def _streamed(args: argparse.Namespace, bundle, config: AuditConfig, start: float) -> int:
     """The streaming audit (rows to CSV per batch); errors propagate to main's one-line handler."""
     from xai_bt.audit.runner import stream_audit
-    from xai_bt.cli._common import UsageError, load_bundle
+    from xai_bt.cli._common import UsageError
     from xai_bt.io.shards import parse_shard
 
     if args.resume and args.overwrite:
         raise UsageError("--resume keeps finished scans and --overwrite redoes them: choose one")
-    summary = stream_audit(load_bundle(args.model, args), args.data, args.out, config, resume=args.resume, overwrite=args.overwrite,
+    summary = stream_audit(bundle, args.data, args.out, config, resume=args.resume, overwrite=args.overwrite,
                            shard=parse_shard(args.shard), command=command_line(args))
     if summary is not None:
         _print_summary(summary)
+        _recommend(args, summary)
         print(f"wrote scores.csv, skipped.csv, summary.json, report.html in {args.out} "
               f"in {time.perf_counter() - start:.0f} s")
     return 0

@@ -107,12 +107,15 @@ def list_layers(bundle) -> int:
 
 
 def print_scan(scan: ScanResult) -> None:
-    """One line per scan as its fate is decided: the prediction and first file on stdout, problems on stderr
-    (through tqdm, so the progress bar is redrawn below)."""
+    """One line per scan as its fate is decided: the prediction and first file on stdout with a "warning:" line
+    below it for each competence warning, problems on stderr (through tqdm, so the progress bar is redrawn
+    below)."""
     from tqdm import tqdm
 
     if scan.status == "ok":
         tqdm.write(f"{scan.path}: {scan.prediction} ({scan.confidence:.3f}) -> {scan.figure}", file=sys.stdout)
+        for warning in scan.warnings:
+            tqdm.write(f"  warning: {warning}", file=sys.stdout)
     elif scan.status == "error":
         tqdm.write(f"error: {scan.path}: {scan.error}", file=sys.stderr)
     else:

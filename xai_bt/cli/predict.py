@@ -1,7 +1,8 @@
 """`python -m xai_bt predict scan.jpg [more files | folders] [--model PATH] [--json FILE]`.
 
-One line per scan (class, confidence, every class probability, the view if the model has one); bad files are
-reported and the rest still run (:func:`xai_bt.io.predict_files.predict_files`). Exit 0 when every file was
+One line per scan (class, confidence, every class probability, the view if the model has one), then one
+"warning:" line per competence warning (the scan is unlike the model's training scans: a photo, a chart,
+noise...; `xai_bt.model.competence`); bad files are reported and the rest still run (:func:`xai_bt.io.predict_files.predict_files`). Exit 0 when every file was
 predicted, 1 when any failed, 2 for usage errors.
 """
 from __future__ import annotations
@@ -58,10 +59,13 @@ def main(args: argparse.Namespace) -> int:
 
 
 def print_row(row: dict[str, Any]) -> None:
-    """A prediction on stdout in one line, or a file that failed on stderr."""
+    """A prediction on stdout in one line, its competence warnings on the lines below it, or a file that
+    failed on stderr."""
     if "error" in row:
         print(f"error: {row['path']}: {row['error']}", file=sys.stderr)
         return
     probs = "  ".join(f"{k} {v:.3f}" for k, v in row["probabilities"].items())
     view = f"  view: {row['view']} ({max(row['view_probabilities'].values()):.2f})" if "view" in row else ""
     print(f"{row['path']}: {row['prediction']} ({row['confidence']:.3f})  [{probs}]{view}")
+    for warning in row.get("warnings", ()):
+        print(f"  warning: {warning}")

@@ -70,6 +70,8 @@ def review_files(files: list[str], bundle, methods: list[str] | None, view_bundl
         try:
             case = review_scan(bundle, path, methods=methods, view_bundle=view_bundle, top_k=top_k)
             print(f"{path}: {case['prediction']} ({case['confidence']:.3f})")
+            for warning in case["warnings"]:
+                print(f"  warning: {warning}")
         except Exception as e:  # ImageError, or one scan's explanation failing: keep the others
             case = review_failure(path, e)
         if case["status"] != "ok":

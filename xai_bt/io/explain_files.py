@@ -55,7 +55,7 @@ class Failure(NamedTuple):
 class ScanResult:
     """What became of one scan in this run, as `on_scan` receives it: status 'ok', 'error' or 'skipped'.
     `figure`: the first file written (or, for a skipped scan, its index entry); `existing`: for a skipped scan,
-    the output already there that made it skip."""
+    the output already there that made it skip; `warnings`: how an explained scan is unlike the training scans."""
 
     path: str
     status: str
@@ -65,6 +65,7 @@ class ScanResult:
     error: str = ""
     note: str = ""
     existing: str = ""
+    warnings: tuple[str, ...] = ()     # competence warnings of an explained scan (model.competence)
 
 
 @dataclass
@@ -345,8 +346,9 @@ class ExplainPlan:
             geo = data.arrays[1][i]
             expl.path = job.path
             expl.extra[GEOMETRY_KEY] = scan_geometry(tuple(geo[:2]), tuple(geo[2:]))
+            expl.warnings = _image_warnings(data.arrays[2][i]) + expl.warnings
             if self.mask:
-                expl.mask = data.arrays[2][i]
+                expl.mask = data.arrays[3][i]
             try:
                 written = save_explanation(expl, self.out, self.formats, overwrite=True, save_maps=self.save_maps,
                                            top_k=self.top_k, stem=job.stem, sync_dir=False)
@@ -355,7 +357,7 @@ class ExplainPlan:
                 continue
             job.row.update(path=job.path, status="ok", prediction=expl.predicted,
                            confidence=f"{expl.confidence:.4f}", figure=str(written[0]), error="")
-            tell(_scan_result(job.row, confidence=float(expl.confidence)))
+            tell(_scan_result(job.row, confidence=float(expl.confidence), warnings=tuple(expl.warnings)))
         return [j.row for j in batch]
 
 
@@ -444,23 +446,34 @@ def _previous_result(sidecar: Path, path: str) -> dict[str, Any]:
 
 
 def _loader(bundle, mask_path: Path | None):
-    """The per-scan decode for tf.data: path -> (model input (S, S, 1), geometry[6], [prepared mask])."""
+    """The per-scan decode for tf.data: path -> (model input (S, S, 1), geometry[6], image statistics of the
+    competence checks, [prepared mask])."""
     import numpy as np
 
     from xai_bt.data.decode import read_image, read_mask
+    from xai_bt.model.competence import STAT_KEYS, decode_colour, image_statistics
 
     pre = bundle.preprocessing
     size = pre.image_size
 
     def load(path: str):
         gray = read_image(path)
-        out = [bundle.prepare(gray)[0], np.array([*gray.shape, *pre.head_box(gray)], np.int32)]
+        stats = image_statistics(gray, decode_colour(path))
+        out = [bundle.prepare(gray)[0], np.array([*gray.shape, *pre.head_box(gray)], np.int32),
+               np.array([stats[k] for k in STAT_KEYS], np.float64)]
         if mask_path:
             out.append(pre.prepare_mask(read_mask(mask_path, gray.shape), gray))
         return out
 
-    specs = [((size, size, 1), np.float32), ((GEOMETRY_FIELDS,), np.int32)]
+    specs = [((size, size, 1), np.float32), ((GEOMETRY_FIELDS,), np.int32), ((len(STAT_KEYS),), np.float64)]
     return load, specs + ([((size, size), bool)] if mask_path else [])
+
+
+def _image_warnings(stats) -> list[str]:
+    """The image-check warnings of a scan from its streamed statistics vector."""
+    from xai_bt.model.competence import STAT_KEYS, image_warnings
+
+    return image_warnings(dict(zip(STAT_KEYS, map(float, stats))))
 
 
 def _failed(job: _Job, reason: str, tell: OnScan) -> None:

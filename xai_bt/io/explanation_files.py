@@ -1,6 +1,7 @@
 """An explanation on disk: `<stem>.<fmt>` figures, the `<stem>.json` sidecar with the numbers a reader needs
 to check the picture (peak, top-k area and range of every map, in input pixels and in fractions of the
-original image) and, if asked, the raw maps. Nothing is replaced unless told to, every target is checked
+original image, and the competence warnings: how the scan is unlike the training scans, `[]` when it is
+not) and, if asked, the raw maps. Nothing is replaced unless told to, every target is checked
 before any is written, and each file is written atomically (temporary file, then rename), so an
 interrupted run leaves no half-written file behind."""
 from __future__ import annotations
@@ -20,7 +21,7 @@ from xai_bt.attribution.summary import explanation_summary
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["output_paths", "default_stem", "save_explanation"]
+__all__ = ["output_paths", "default_stem", "save_explanation", "sidecar"]
 
 
 def output_paths(stem: str, out_dir: str | os.PathLike, formats: Sequence[str] = ("png", "pdf"),
@@ -62,7 +63,7 @@ def save_explanation(expl: Explanation, out_dir: str | os.PathLike, formats: Seq
         from xai_bt.plots.explanation import plot_explanation
 
         _save_figures_atomically(plot_explanation(expl, top_k, mask), out, stem, formats)
-    summary = json.dumps(explanation_summary(expl, top_k), indent=2, default=_json_value) + "\n"
+    summary = json.dumps(sidecar(expl, top_k), indent=2, default=_json_value) + "\n"
     write_atomic(out / f"{stem}.json", summary.encode(), sync_dir=False)
     if save_maps:
         for method, heatmap in expl.maps.items():
@@ -71,6 +72,13 @@ def save_explanation(expl: Explanation, out_dir: str | os.PathLike, formats: Seq
     if sync_dir:
         fsync_dir(out)
     return targets
+
+
+def sidecar(expl: Explanation, top_k: float = 0.1) -> dict[str, Any]:
+    """What `<stem>.json` holds: `attribution.summary.explanation_summary` and the scan's competence warnings."""
+    out = explanation_summary(expl, top_k)
+    out["warnings"] = list(expl.warnings)
+    return out
 
 
 def _json_value(value: Any) -> Any:

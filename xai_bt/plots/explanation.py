@@ -117,7 +117,8 @@ CASCADE_STAGES = {"stage1": "stage 1 (tumor or no tumor)", "stage2": "stage 2 (t
 
 
 def _title(expl: Explanation) -> str:
-    """Two or three short lines: file and model; prediction and view; the target if not the prediction."""
+    """Two to five short lines: file and model; prediction and view; the target if not the prediction; the
+    cascade stage; the first competence warning, when the scan is unlike the training scans."""
     source = _shorten(Path(expl.path).name if expl.path else "array input", 40)
     lines = [f"{source}  ·  model: {_shorten(expl.model_name or 'unnamed', 30)}"]
     line2 = f"Predicted: {display_name(expl.predicted)} (confidence {expl.confidence:.2f})"
@@ -130,6 +131,10 @@ def _title(expl: Explanation) -> str:
         lines.append(f"Maps explain: {display_name(expl.target_name)} (p = {p:.2f}), not the predicted class")
     if expl.network in CASCADE_STAGES:
         lines.append(f"Maps: cascade {CASCADE_STAGES[expl.network]}")
+    if expl.warnings:   # unlike the training scans (model.competence): the first reason, short, and a count
+        reason = expl.warnings[0].split(": ", 1)[-1].split(" (")[0]
+        more = f" (+{len(expl.warnings) - 1} more)" if len(expl.warnings) > 1 else ""
+        lines += ["WARNING: unlike the training scans", _shorten(reason, 56 - len(more)) + more]
     return "\n".join(lines)
 
 

@@ -1,8 +1,8 @@
 """Review content for one scan, shared by `report` (HTML file) and `serve` (web page).
 
 `review_scan` turns a scan (path or uploaded bytes) into a plain dict: calibrated class probabilities, the
-MRI view when known, one heatmap tile per method and the scan as PNG bytes, per-method map numbers and
-case notes. `model_summary` condenses a bundle's card and `model_description` puts it in one line (the web
+MRI view when known, one heatmap tile per method and the scan as PNG bytes, per-method map numbers, the
+competence warnings (how the scan is unlike the training scans, `xai_bt.model.competence`) and case notes. `model_summary` condenses a bundle's card and `model_description` puts it in one line (the web
 page's model picker); `HEATMAP_NOTES` says what a heatmap does not show.
 Rendering lives in `xai_bt.review.html`; nothing here writes files.
 """
@@ -65,6 +65,7 @@ def review_scan(bundle, source: str | os.PathLike | bytes, name: str | None = No
     from xai_bt.attribution.summary import GEOMETRY_KEY, explanation_summary, scan_geometry
     from xai_bt.audit.recommend import score_line
     from xai_bt.data.decode import read_image
+    from xai_bt.model.competence import decode_colour, scan_warnings
     from xai_bt.model.provenance import default_methods, recommended_explanation
     from xai_bt.plots.explanation import plot_map_tile
 
@@ -73,6 +74,7 @@ def review_scan(bundle, source: str | os.PathLike | bytes, name: str | None = No
     x = bundle.prepare(gray)
     methods = tuple(methods) if methods else default_methods(bundle, "review")
     expl = explain(bundle, x, methods=methods)[0]
+    expl.warnings = scan_warnings(gray, decode_colour(source)) + expl.warnings   # image checks, then features
     rec = recommended_explanation(bundle) or {}
     expl.path = label
     expl.extra[GEOMETRY_KEY] = scan_geometry(gray.shape, bundle.preprocessing.head_box(gray))
@@ -92,6 +94,7 @@ def review_scan(bundle, source: str | os.PathLike | bytes, name: str | None = No
         "scan_png": scan_png(gray), "model_input_png": scan_png(expl.image.astype(np.uint8)),
         "tiles": [{"method": m, "png": figure_png(plot_map_tile(expl, m, top_k), TILE_DPI),
                    "audit": score_line(rec, m), "recommended": m == rec.get("method")} for m in expl.maps],
+        "warnings": list(expl.warnings),
         "notes": case_notes(summary, bundle),
     }
 

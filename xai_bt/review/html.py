@@ -135,7 +135,7 @@ def case_html(case: dict[str, Any], index: int = 0) -> str:
         view = (f'<p id="view-{index}">MRI view: <strong>{esc(case["view"])}</strong> ({vp:.0%}, from the '
                 f'{esc(case["view_source"])})</p>')
     notes = "".join(f"<li>{esc(n)}</li>" for n in case.get("notes", []))
-
+    warnings = _warnings_html(case, index)
     tiles = "\n".join(f'<figure>{img_tag(t["png"], "heatmap: " + display_name(t["method"]), "tile")}'
                        f'{_tile_caption(t)}</figure>' for t in case.get("tiles", []))
     return f"""<section class="case" id="case-{index}">
@@ -143,6 +143,7 @@ def case_html(case: dict[str, Any], index: int = 0) -> str:
 <p class="prediction">Predicted:
 <strong id="prediction-{index}" class="predicted">{esc(display_name(case["prediction"]))}</strong> (calibrated probability {case["confidence"]:.1%})</p>
 {view}
+{warnings}
 <div class="row">
 <figure>{img_tag(case["scan_png"], "the uploaded scan", "scan")}<figcaption>The scan as given
 ({case["original_shape"][1]}x{case["original_shape"][0]} px)</figcaption></figure>
@@ -158,6 +159,19 @@ Magma maps are non-negative; red/blue maps are signed (red: evidence for the cla
 {_maps_table(case)}
 <ul>{notes}</ul>
 </section>"""
+
+
+def _warnings_html(case: dict[str, Any], index: int) -> str:
+    """The competence warnings of a case in a box above its prediction's evidence; empty when it has none."""
+    items = case.get("warnings") or []
+    if not items:
+        return ""
+    from xai_bt.model.competence import PREFIX
+
+    lines = "".join(f"<li>{esc(w.removeprefix(PREFIX))}</li>" for w in items)   # the heading says it once
+    return (f'<div class="box caution competence" id="warnings-{index}" role="alert"><strong>This scan is unlike '
+            "the scans the model was trained on.</strong> Its prediction and heatmaps may mean nothing:"
+            f"<ul>{lines}</ul></div>")
 
 
 def _probability_table(case: dict[str, Any]) -> str:
