@@ -89,8 +89,12 @@ def main(argv: list[str] | None = None) -> str:
     def run(methods, n):
         return lambda: explain_batch(net, x[:n], targets[:n], methods, layer=layer)
 
+    from xai_bt.attribution.registry import LAYER_SEP
+
+    # the audit's candidates on finer layers (provenance.audit_candidates): what the recommendation may cost
+    finer = [f"{m}{LAYER_SEP}{lay}" for lay in cams.fusion_layers(net, 3)[1:] for m in ("layercam", "hirescam")]
     rows = {}  # method -> (first call s, s/image at batch 1, s/image at batch n, n)
-    for m in METHODS:
+    for m in (*METHODS, *finer):
         first, one = timed(run(m, 1), r if m not in COSTLY else 1)
         n = COSTLY.get(m, 32)
         _, many = timed(run(m, n), r if m not in COSTLY else 1)
@@ -141,7 +145,9 @@ def main(argv: list[str] | None = None) -> str:
     lines += [
         "",
         "Defaults: Faster-ScoreCAM `max_n=10`; Score-CAM uses every channel of the layer; SmoothGrad 25 samples; "
-        "Integrated Gradients 64 steps; occlusion patch S/8, stride S/16; shap_gradient 100 samples; "
+        "Integrated Gradients 128 steps (quadratic spacing, black baseline); a CAM method on a finer layer "
+        "(`name@layer`) runs its own pass on that layer, `layercam_fusion` one pass per fused layer; "
+        "occlusion patch S/8, stride S/16; shap_gradient 100 samples; "
         "**SHAP Partition `max_evals=300`** (blur(16,16) masker). "
         "Methods marked (n images) were timed on n images in one call: their cost is many model calls per "
         "image, already batched, so the batch of images barely changes it. The first SHAP Partition call "
