@@ -5,7 +5,8 @@
 #   bash models/regenerate.sh figures explanations review serve   # some stages only
 #
 # Stages: figures (paper figures and tables of the four tumor bundles, figures/<model>/ and the comparison),
-# explanations (figures/explanations/: every method on the meningioma sample), review (the review report),
+# explanations (figures/explanations/: every method on the meningioma sample), review (the review report with
+# the default methods),
 # serve (the web page's screenshot, through its headless-Chromium test), audits (every audits/<model>/ that
 # records its command in summary.json, rerun with that command). Expects the shared data at ../shared/data.
 # tests/test_committed_artefacts.py fails when a committed sidecar, prediction table or audit no longer
@@ -29,8 +30,8 @@ for stage in "${stages[@]}"; do
       run "$PY" -m xai_bt explain xai_bt/samples/meningioma.jpg --methods all --out figures/explanations --overwrite
       rm -f figures/explanations/index.csv ;;   # a run log, not a result
     review)
-      run "$PY" -m xai_bt report xai_bt/samples/meningioma.jpg --methods gradcam,layercam,smoothgrad \
-        --out figures/review/report_meningioma.html --overwrite ;;
+      run "$PY" -m xai_bt report xai_bt/samples/meningioma.jpg --out figures/review/report_meningioma.html \
+        --overwrite ;;   # the bundle's default methods: its audit's recommendation, then Grad-CAM
     serve)
       XAI_BT_SCREENSHOT="$PWD/figures/review/serve.png" run "$PY" -m pytest -q tests/test_serve.py ;;
     audits)

@@ -74,3 +74,20 @@ def test_audits_and_review_page_are_of_the_shipped_model(default_bundle):
     probs = default_bundle.predict([str(ROOT / "xai_bt" / "samples" / "meningioma.jpg")]).probabilities[0]
     assert float(shown.group(1)) == pytest.approx(100 * probs.max(), abs=0.051), \
         "stale: rerun `bash models/regenerate.sh review`"
+
+
+def test_the_recommended_explanation_is_that_of_the_committed_audit(default_bundle):
+    """The bundle's stored recommendation is what `recommend` makes of audits/default, and the review page
+    shows it first, captioned with its audit score."""
+    from xai_bt.audit.recommend import recommend
+    from xai_bt.model.provenance import recommended_explanation
+
+    stored = recommended_explanation(default_bundle)
+    assert stored is not None, "models/default has no recommended explanation: rerun its audit"
+    summary = json.loads((ROOT / "audits" / "default" / "summary.json").read_text())
+    fresh = recommend(summary)
+    assert stored["method"] == fresh["method"] and stored["audit_command"] == summary["command"], \
+        "stale: rerun `bash models/regenerate.sh audits`"
+    assert stored["pointing_game"]["mean"] == pytest.approx(fresh["pointing_game"]["mean"])
+    page = (ROOT / "figures" / "review" / "report_meningioma.html").read_text()
+    assert "audit: peak inside the tumor" in page, "stale: rerun `bash models/regenerate.sh review`"

@@ -110,3 +110,15 @@ def test_explain_without_methods_runs_the_recommendation(recommended_bundle):
 
     expl = explain(load_model(recommended_bundle), [str(SAMPLES / "pituitary.jpg")])[0]
     assert list(expl.maps) == ["layercam@block6a_expand_activation"]
+
+
+def test_the_audit_page_says_first_what_it_recommends_and_what_it_passed_over():
+    from xai_bt.audit.report import _finding_recommendation
+
+    pg = {"gradcam": 0.27, "layercam@block6a": 0.66, "layercam@block4a": 0.70, "integrated_gradients": 0.53}
+    text = _finding_recommendation(_summary(pg, fails={"layercam@block4a"}, unfaithful={"integrated_gradients"}))
+    assert text.startswith("<b>Shown first: Layer-CAM (block6a)</b>")
+    assert "Layer-CAM (block4a) (0.700: fails the randomisation check)" in text
+    assert "Integrated Gradients" not in text                     # it localises worse: not passed over
+    none = _finding_recommendation(_summary({"gradcam": 0.3}, fails={"gradcam"}))
+    assert none.startswith("<b>No method passed")

@@ -116,12 +116,33 @@ def _label(s: dict[str, Any], score: str) -> str:
 
 # ------------------------------------------------------------------------------------------ conclusions
 def conclusions(summary: dict[str, Any]) -> list[str]:
-    """What the audit says, one HTML sentence group per finding, every number read from `summary`:
-    localisation against chance, classes, randomisation, coinciding methods, faithfulness, shortcuts, scans."""
-    found = [_finding_localisation(summary), _finding_classes(summary), _finding_randomisation(summary),
+    """What the audit says, one HTML sentence group per finding, every number read from `summary`: the
+    explanation to show first, localisation against chance, classes, randomisation, coinciding methods,
+    faithfulness, shortcuts, scans."""
+    found = [_finding_recommendation(summary), _finding_localisation(summary), _finding_classes(summary), _finding_randomisation(summary),
              _finding_identical(summary), _finding_faithfulness(summary), _finding_shortcuts(summary),
              _finding_scans(summary)]
     return [f for f in found if f]
+
+
+def _finding_recommendation(s: dict[str, Any]) -> str:
+    """The explanation `audit.recommend` picks, and the better localisers it passed over and why."""
+    from xai_bt.audit.recommend import recommend
+
+    rec = recommend(s)
+    pg = rec["pointing_game"]
+    if not rec["passed_checks"]:
+        return (f"<b>No method passed the faithfulness and randomisation checks;</b> the best localiser, "
+                f"{_name(rec['method'])} (pointing game {_with_ci(pg)}), is shown first, with that caveat.")
+    text = (f"<b>Shown first: {_name(rec['method'])}</b>, the best localiser among the methods that are "
+            "faithful (removing their most relevant pixels first hurts the score more than removing their least "
+            "relevant first, by deletion / insertion and by ROAD) and pass the randomisation check: pointing game "
+            f"{_with_ci(pg)}. Stored in the bundle, it is what explain, report and serve show unless told otherwise.")
+    better = [r for r in rec["candidates"] if r["pointing_game"]["mean"] > pg["mean"]]
+    why = [f"{_name(r['method'])} ({r['pointing_game']['mean']:.3f}: "
+           + _join([w for w, bad in (("fails the randomisation check", r["passes_randomisation"] is False),
+                                     ("not faithful", r["faithful"] is False)) if bad]) + ")" for r in better]
+    return text + (f" Passed over although they localise better: {_join(why)}." if why else "")
 
 
 def _says(s: dict[str, Any]) -> str:
