@@ -176,12 +176,20 @@ def test_a_figure_of_every_method_keeps_all_text_inside():
     from xai_bt.attribution.registry import METHODS
     from xai_bt.plots.style import clipped_texts
 
-    maps = {m: (_blob(20, 40) - (_blob(45, 15) if i % 2 else 0)) for i, m in enumerate(METHODS)}
-    assert clipped_texts(plot_explanation(_expl(maps=maps))) == []
-    for first in METHODS:                  # whichever method lands in the first column, at the left edge
-        rest = [m for m in METHODS if m != first]
+    names = [*METHODS, "layercam@block4a_expand_activation", "hirescam@block6a_expand_activation"]
+    maps = {m: (_blob(20, 40) - (_blob(45, 15) if i % 2 else 0)) for i, m in enumerate(names)}
+    score = "audit: peak inside the tumor on 66% of 281 unseen scans (95% CI 60%-72%); fails the randomisation check"
+
+    def figure(chosen):
+        expl = _expl(maps=chosen)
+        expl.audit = {m: score for m in chosen}     # the longest caption under every panel
+        return plot_explanation(expl)
+
+    assert clipped_texts(figure(maps)) == []
+    for first in names:                    # whichever method lands in the first column, at the left edge
+        rest = [m for m in names if m != first]
         order = rest[:2] + [first] + rest[2:]   # panels 0-1 are the scan and probabilities: cell 4 is column 0
-        assert clipped_texts(plot_explanation(_expl(maps={m: maps[m] for m in order}))) == [], first
+        assert clipped_texts(figure({m: maps[m] for m in order})) == [], first
 
 
 @pytest.mark.parametrize("n", [1, 4])

@@ -110,6 +110,23 @@ def test_explain_without_methods_runs_the_recommendation(recommended_bundle):
 
     expl = explain(load_model(recommended_bundle), [str(SAMPLES / "pituitary.jpg")])[0]
     assert list(expl.maps) == ["layercam@block6a_expand_activation"]
+    assert expl.audit["layercam@block6a_expand_activation"].startswith("audit: peak inside the tumor on 62% of 200")
+
+
+def test_the_explanation_figure_and_sidecar_carry_each_methods_audit_score(recommended_bundle, tmp_path):
+    from conftest import SAMPLES
+
+    from xai_bt.attribution.explain import explain
+    from xai_bt.io.explanation_files import sidecar
+    from xai_bt.model.bundle import load_model
+    from xai_bt.plots.explanation import plot_explanation
+
+    expl = explain(load_model(recommended_bundle), [str(SAMPLES / "pituitary.jpg")],
+                   methods=["gradcam", "saliency"])[0]
+    assert set(expl.audit) == {"gradcam"}                            # the audit did not score saliency
+    assert sidecar(expl)["audit"] == {"gradcam": expl.audit["gradcam"]}
+    texts = [t.get_text() for ax in plot_explanation(expl).axes for t in ax.texts]
+    assert any(t.startswith("audit: peak in the tumor\non 27% of 200 unseen scans\n(95% CI") for t in texts)
 
 
 def test_the_audit_page_says_first_what_it_recommends_and_what_it_passed_over():

@@ -143,7 +143,8 @@ def explain(model, images, methods: Sequence[str] | str | None = None, target: T
                 view_names=pred.view_names,
                 view_attribution={m: a.inputs[0][i] for m, a in result.items() if a.inputs},
                 extra={m: _info_at(a.info, i) for m, a in result.items() if a.info}, network=name,
-                score=provenance.explained_score(bundle), warnings=notes[i]))
+                score=provenance.explained_score(bundle), warnings=notes[i],
+                audit=_audit_lines(bundle, result)))
     return explanations
 
 
@@ -182,7 +183,8 @@ def _explain_cascade(bundle, images, methods: tuple[str, ...], target: Target, l
                     target=int(targets[i]), target_name=names[targets[i]], probabilities=pred.probabilities[i],
                     class_names=names, model_name=bundle.name, path=paths[start + i], layer=cam_layer,
                     extra={m: _info_at(a.info, j) for m, a in result.items() if a.info}, network=stage,
-                    score=provenance.explained_score(bundle), warnings=notes[i])
+                    score=provenance.explained_score(bundle), warnings=notes[i],
+                    audit=_audit_lines(bundle, result))
         out.extend(e for e in chunk if e is not None)     # every scan is decided by one of the two stages
     return out
 
@@ -221,6 +223,18 @@ def _prepare(bundle, images, target: Target) -> tuple[np.ndarray, list[str | Non
     if not (target is None or isinstance(target, (str, int, np.integer))) and len(target) != len(x):
         raise ValueError(f"give one target for all scans or one per scan ({len(x)}), got {len(target)}")
     return x, _paths(images, len(x))
+
+
+def _audit_lines(bundle, methods) -> dict[str, str]:
+    """Each method's focus-audit score from the bundle's stored recommendation (`audit.recommend.score_line`),
+    for the methods the audit measured; empty for a bundle without one."""
+    from xai_bt.audit.recommend import score_line
+
+    rec = provenance.recommended_explanation(bundle)
+    if not rec:
+        return {}
+    lines = {m: score_line(rec, m) for m in methods}
+    return {m: line for m, line in lines.items() if line}
 
 
 def _image_notes(bundle, images, n: int) -> list[list[str]]:

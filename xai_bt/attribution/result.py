@@ -32,6 +32,7 @@ class Explanation:
     network: str | None = None                     # the bundle network the maps come from ("stage1" of a cascade...)
     score: str = "logits"                          # which class score the maps explain (provenance.explained_score)
     warnings: list[str] = field(default_factory=list)  # the scan is unlike the training scans (model.competence)
+    audit: dict[str, str] = field(default_factory=dict)  # method -> its focus-audit score (audit.recommend.score_line)
 
     @property
     def predicted(self) -> str:

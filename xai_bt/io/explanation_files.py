@@ -75,9 +75,11 @@ def save_explanation(expl: Explanation, out_dir: str | os.PathLike, formats: Seq
 
 
 def sidecar(expl: Explanation, top_k: float = 0.1) -> dict[str, Any]:
-    """What `<stem>.json` holds: `attribution.summary.explanation_summary` and the scan's competence warnings."""
+    """What `<stem>.json` holds: `attribution.summary.explanation_summary`, the scan's competence warnings and
+    each method's focus-audit score when the bundle's audit measured it."""
     out = explanation_summary(expl, top_k)
     out["warnings"] = list(expl.warnings)
+    out["audit"] = dict(expl.audit)
     return out
 
 

@@ -44,7 +44,12 @@ def plot_explanation(expl: Explanation, top_k: float = 0.1, mask: np.ndarray | N
         _draw_probabilities(axes[1], expl)
         for ax, (method, heatmap) in zip(axes[2:], expl.maps.items()):
             draw_heatmap(ax, expl.image, heatmap, top_k=top_k, mask=mask, colorbar=fig, mark_peak=True)
-            ax.set_title(_panel_title(method))
+            title = _panel_title(method)
+            long = max(map(len, title.split("\n"))) > 20      # a layer name ("(block4a_expand_activation)")
+            ax.set_title(title, fontsize=7 if long else None)
+            if method in expl.audit:
+                ax.text(0.5, -0.03, _audit_caption(expl.audit[method]), transform=ax.transAxes, ha="center",
+                        va="top", fontsize=6)
         for ax in axes[n_panels:]:
             ax.set_axis_off()
         handles = legend_handles(top_k, mask is not None, peak=True)
@@ -75,14 +80,25 @@ def plot_map_tile(expl: Explanation, method: str, top_k: float = 0.1, mask: np.n
     return fig
 
 
+def _audit_caption(line: str) -> str:
+    """A method's audit score (`audit.recommend.score_line`) in short lines that fit under a 1.8 in panel."""
+    text = line.replace("audit: peak inside the tumor on ", "audit: peak in the tumor\non ", 1)
+    return text.replace(" (95% CI", "\n(95% CI", 1).replace("; fails the randomisation check",
+                                                             "\nfails the randomisation check")
+
+
 def _panel_title(method: str) -> str:
-    """A method's name for a 1.8 in panel: a long one breaks before its parenthesis, else at the space
-    nearest its middle, so no title is wider than its map."""
+    """A method's name for a 1.8 in panel: a long one breaks before its parenthesis (a long layer name in it
+    also at its middle underscore), else at the space nearest its middle, so no title is wider than its map."""
     name = display_name(method)
     if len(name) <= 18 or " " not in name:
         return name
     if " (" in name:
-        return name.replace(" (", "\n(", 1)
+        head, layer = name.split(" (", 1)
+        if len(layer) > 20 and "_" in layer:       # a layer name: break it at its middle underscore too
+            cut = min((i for i, ch in enumerate(layer) if ch == "_"), key=lambda i: abs(i - len(layer) / 2))
+            layer = layer[:cut] + "\n" + layer[cut:]
+        return f"{head}\n({layer}"
     cut = min((i for i, ch in enumerate(name) if ch == " "), key=lambda i: abs(i - len(name) / 2))
     return name[:cut] + "\n" + name[cut + 1:]
 
