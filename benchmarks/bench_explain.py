@@ -170,8 +170,11 @@ def main(argv: list[str] | None = None) -> str:
     ]
     report = "\n".join(lines)
     print(report)
-    if args.write:
-        (ROOT / "benchmarks" / "README.md").write_text(report)
+    if args.write:   # this report is the README's first section; the other benchmarks' sections stay
+        readme = ROOT / "benchmarks" / "README.md"
+        text = readme.read_text() if readme.is_file() else ""
+        rest = text.find("\n# Benchmarks: ", 1)
+        readme.write_text(report.rstrip("\n") + "\n" + (text[rest:] if rest >= 0 else ""))
     return report
 
 
