@@ -108,6 +108,7 @@ def explain(model, images, methods: Sequence[str] | str | None = None, target: T
     names = provenance.network_classes(bundle, name)
     x, paths = _prepare(bundle, images, target)
     image_notes = _image_notes(bundle, images, len(x))
+    audit = _audit_lines(bundle, methods)
     cam_layer = _cam_layer(bundle, net, layer, methods)
     if options.get("background") is not None:
         options["background"] = _background(bundle, net, options["background"], batch_size)
@@ -144,7 +145,7 @@ def explain(model, images, methods: Sequence[str] | str | None = None, target: T
                 view_attribution={m: a.inputs[0][i] for m, a in result.items() if a.inputs},
                 extra={m: _info_at(a.info, i) for m, a in result.items() if a.info}, network=name,
                 score=provenance.explained_score(bundle), warnings=notes[i],
-                audit=_audit_lines(bundle, result)))
+                audit=dict(audit)))
     return explanations
 
 
@@ -157,6 +158,7 @@ def _explain_cascade(bundle, images, methods: tuple[str, ...], target: Target, l
     stage_classes = {stage: list(provenance.network_classes(bundle, stage)) for stage in ("stage1", "stage2")}
     x, paths = _prepare(bundle, images, target)
     image_notes = _image_notes(bundle, images, len(x))
+    audit = _audit_lines(bundle, methods)
     background = options.pop("background", None)
     stage_options = {stage: options if background is None else
                      {**options, "background": _background(bundle, bundle.networks[stage], background, batch_size)}
@@ -184,7 +186,7 @@ def _explain_cascade(bundle, images, methods: tuple[str, ...], target: Target, l
                     class_names=names, model_name=bundle.name, path=paths[start + i], layer=cam_layer,
                     extra={m: _info_at(a.info, j) for m, a in result.items() if a.info}, network=stage,
                     score=provenance.explained_score(bundle), warnings=notes[i],
-                    audit=_audit_lines(bundle, result))
+                    audit=dict(audit))
         out.extend(e for e in chunk if e is not None)     # every scan is decided by one of the two stages
     return out
 
@@ -246,20 +248,9 @@ def _image_notes(bundle, images, n: int) -> list[list[str]]:
     if isinstance(images, np.ndarray) and (images.ndim not in (2, 3) or _is_model_batch(images, bundle.preprocessing)):
         return [[] for _ in range(n)]
     items = [images] if isinstance(images, (str, os.PathLike, np.ndarray)) else list(images)
-    return [_item_notes(item) for item in items] if len(items) == n else [[] for _ in range(n)]
+    from xai_bt.model.competence import image_check_warnings
 
-
-def _item_notes(item) -> list[str]:
-    """The image-check warnings of one path or array."""
-    from xai_bt.data.decode import read_image
-    from xai_bt.model.bundle import _as_gray
-    from xai_bt.model.competence import decode_colour, scan_warnings
-
-    if isinstance(item, np.ndarray):
-        a = np.asarray(item)
-        colour = a.ndim == 3 and a.shape[2] in (3, 4) and a.dtype == np.uint8
-        return scan_warnings(_as_gray(a), a[..., :3] if colour else None)
-    return scan_warnings(read_image(item), decode_colour(item))
+    return [image_check_warnings(item) for item in items] if len(items) == n else [[] for _ in range(n)]
 
 
 def _warnings(bundle, xb: np.ndarray, view_vectors: np.ndarray | None, image_notes: list[list[str]],

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 __all__ = ["RECORD_KEY", "STAT_KEYS", "IMAGE_THRESHOLDS", "IMAGE_CHECKS", "ImageCheck", "CompetenceExists", "decode_colour",
-           "image_statistics", "image_warnings", "scan_warnings", "feature_network", "features", "network_outputs", "pooled_layer",
+           "image_statistics", "image_warnings", "scan_warnings", "image_check_warnings", "feature_network", "features", "network_outputs", "pooled_layer",
            "feature_scores", "feature_warnings", "has_feature_check", "warnings", "fit_competence",
            "training_samples", "format_record"]
 
@@ -394,25 +394,35 @@ def _feature_message(bundle) -> str:
             "validation scans)")
 
 
-def warnings(bundle, image: str | os.PathLike | bytes | np.ndarray, name: str | None = None,
-             feats: np.ndarray | None = None) -> list[str]:
-    """Every competence warning for one scan: the image checks on `image` (a path, the bytes of an upload, or
-    an array as decoded: (H, W) grey or (H, W, 3) colour) and, for a fitted bundle, the feature check.
-    `feats`: the scan's features (`features`) when the caller already has them; else the network runs once.
-    ImageError for a file that is not a readable scan. This is the call the review page and serve make."""
+def _decoded(image: str | os.PathLike | bytes | np.ndarray, name: str | None = None
+             ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(grey 2-D uint8, colour pixels or None) of a path, the bytes of an upload, or an array as decoded;
+    ImageError for a file that is not a readable scan."""
     from xai_bt.data.decode import read_image
     from xai_bt.model.bundle import _as_gray
 
     if isinstance(image, np.ndarray):
         rgb = image[..., :3] if image.ndim == 3 and image.shape[2] in (3, 4) else None
-        gray = _as_gray(image)
         if rgb is not None and rgb.dtype != np.uint8:
             rgb = None
-    else:
-        data = image if isinstance(image, bytes) else None
-        label = name if name is not None else ("<bytes>" if data is not None else str(image))
-        gray = read_image(image, name=label)
-        rgb = decode_colour(image)
+        return _as_gray(image), rgb
+    data = image if isinstance(image, bytes) else None
+    label = name if name is not None else ("<bytes>" if data is not None else str(image))
+    return read_image(image, name=label), decode_colour(image)
+
+
+def image_check_warnings(image: str | os.PathLike | bytes | np.ndarray, name: str | None = None) -> list[str]:
+    """The image-check warnings of one scan given as `warnings` takes it (no feature check)."""
+    return scan_warnings(*_decoded(image, name))
+
+
+def warnings(bundle, image: str | os.PathLike | bytes | np.ndarray, name: str | None = None,
+             feats: np.ndarray | None = None) -> list[str]:
+    """Every competence warning for one scan: the image checks on `image` (a path, the bytes of an upload, or
+    an array as decoded: (H, W) grey or (H, W, 3) colour) and, for a fitted bundle, the feature check.
+    `feats`: the scan's features (`features`) when the caller already has them; else the network runs once.
+    ImageError for a file that is not a readable scan."""
+    gray, rgb = _decoded(image, name)
     out = scan_warnings(gray, rgb)
     if has_feature_check(bundle):
         if feats is None:
