@@ -44,6 +44,21 @@ def test_the_command_line_help_needs_no_deep_learning_framework():
     assert out.strip() == "[]"
 
 
+def test_a_command_prints_no_tensorflow_start_up_notices():
+    """TensorFlow 2.21's C++ core writes absl / oneDNN notices on import whatever TF_CPP_MIN_LOG_LEVEL says;
+    a command's terminal output is its own result, and the notices are kept off it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    run = subprocess.run([sys.executable, "-m", "xai_bt", "predict", str(SAMPLES / "glioma.jpg")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(str(SAMPLES / "glioma.jpg") + ": ")
+    assert "InitializeLog" not in run.stderr and "oneDNN" not in run.stderr, run.stderr
+
+
 def test_architecture_names_match_the_builders():
     from xai_bt.model import ARCHITECTURE_NAMES
     from xai_bt.model.architectures import ARCHITECTURES

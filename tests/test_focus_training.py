@@ -107,3 +107,21 @@ def test_penalty_is_the_class_map_share_outside_the_mask():
         trainer.train_on_batch((x, mask), y)
     after = float(trainer._focus_losses(x, mask, y, False)[1])
     assert after < before                     # training on the penalty moves the map into the mask
+
+
+def test_card_repeats_a_focus_run():
+    """The card's command repeats a focus-guided run and says which masks supervised."""
+    from xai_bt.model.card import render_model_card
+
+    tc = {"arch": "efficientnet_lite0", "data": "d", "out": "m", "epochs": 2, "init_from": "models/old",
+          "focus_masks": "../shared/data/brisc2025", "focus_weight": 3.0, "preprocessing": {"image_size": 160}}
+    focus = {"layer": "top_activation", "weight": 3.0, "masked_root": "../shared/data/brisc2025",
+             "held_out_for_evaluation": 281, "training_scans_with_mask": 3353, "training_scans": 4851,
+             "threshold": 0.99}
+    config = {"name": "m", "kind": "single", "arch": "efficientnet_lite0", "class_names": ["a", "b"],
+              "preprocessing": {"image_size": 160}, "last_conv_layer": "top_activation",
+              "training": {"config": tc, "focus": focus, "notes": ["initialised from an earlier bundle"]}}
+    card = render_model_card(config)
+    assert "--init-from models/old --focus-masks ../shared/data/brisc2025 --focus-weight 3 " in card
+    assert "3353 of 4851 training scans" in card and "281 masked scans" in card
+    assert "- **Note**: initialised from an earlier bundle" in card

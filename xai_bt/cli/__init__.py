@@ -28,6 +28,41 @@ COMMANDS = {
 }
 
 
+#: commands that never load a network, so they do not import TensorFlow
+_NO_NETWORK = frozenset({"data"})
+#: what TensorFlow's C++ core writes to the terminal on import, whatever TF_CPP_MIN_LOG_LEVEL says (TF 2.21)
+_STARTUP_NOISE = ("before absl::InitializeLog() is called", "oneDNN custom operations are on",
+                  "This TensorFlow binary is optimized", "To enable the following instructions",
+                  "rebuild TensorFlow with the appropriate compiler flags", "Unable to register cu",
+                  "computation placer already registered", "could not open file to read NUMA node")
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow (on the tensorflow backend) with its start-up notices kept off the terminal: they
+    are written by its C++ core straight to file descriptor 2, so they are caught there, and anything else
+    written during the import (a real error or warning) is passed on."""
+    import tempfile
+
+    if "tensorflow" in sys.modules or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            import keras  # noqa: F401
+            import tensorflow  # noqa: F401
+        except ImportError:
+            pass                      # the command that needs it says so
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        caught.seek(0)
+        text = caught.read().decode(errors="replace")
+    sys.stderr.write("".join(line for line in text.splitlines(keepends=True)
+                             if not any(n in line for n in _STARTUP_NOISE)))
+
+
 def _module(name: str):
     return importlib.import_module(f"xai_bt.cli.{name.replace('-', '_')}")
 
@@ -57,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from xai_bt.cli._common import messages_to_stderr
 
+        if args.command not in _NO_NETWORK:
+            import_tensorflow_quietly()
         with messages_to_stderr():
             return int(_module(args.command).main(args) or 0)
     except KeyboardInterrupt:

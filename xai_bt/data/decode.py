@@ -52,7 +52,7 @@ def read_image(source: str | os.PathLike | bytes, name: str | None = None, *,
     unless `allow_constant`, images whose pixels are all equal (blank exports carry no information).
     """
     label = name if name is not None else ("<bytes>" if isinstance(source, bytes) else str(source))
-    data = source if isinstance(source, bytes) else _read_bytes(Path(source), label)
+    data = source if isinstance(source, bytes) else read_bytes(source, label)
     if not data:
         raise ImageError(label, "empty file (0 bytes)")
     if _has_dicom_magic(data) or Path(label).suffix.lower() in _DICOM_SUFFIXES:
@@ -68,7 +68,7 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
     With `shape` (H, W) the mask is resampled with nearest neighbour so it lines up with its image.
     """
     label = str(path)
-    img = _open_pil(_read_bytes(Path(path), label), label)
+    img = _open_pil(read_bytes(path, label), label)
     if img.mode == "1" or img.mode in _HIGH_DEPTH_MODES:
         mask = np.asarray(img) != 0
     else:
@@ -142,8 +142,10 @@ def _has_dicom_magic(head: bytes) -> bool:
     return head[_DICOM_MAGIC_OFFSET:_DICOM_MAGIC_OFFSET + 4] == b"DICM"
 
 
-def _read_bytes(path: Path, label: str) -> bytes:
-    """Read a whole file, turning OS errors into ImageError with a plain-words problem."""
+def read_bytes(path: str | os.PathLike, label: str | None = None) -> bytes:
+    """Read a whole file, turning OS errors into ImageError (called `label`, default the path) with a
+    plain-words problem."""
+    path, label = Path(path), label if label is not None else str(path)
     if path.is_dir():
         raise ImageError(label, "is a folder, not an image file")
     if not path.exists():

@@ -450,15 +450,15 @@ def _loader(bundle, mask_path: Path | None):
     competence checks, [prepared mask])."""
     import numpy as np
 
-    from xai_bt.data.decode import read_image, read_mask
-    from xai_bt.model.competence import STAT_KEYS, decode_colour, image_statistics
+    from xai_bt.data.decode import read_mask
+    from xai_bt.model.competence import STAT_KEYS, decode_scan, image_statistics
 
     pre = bundle.preprocessing
     size = pre.image_size
 
     def load(path: str):
-        gray = read_image(path)
-        stats = image_statistics(gray, decode_colour(path))
+        gray, rgb = decode_scan(path)
+        stats = image_statistics(gray, rgb)
         out = [bundle.prepare(gray)[0], np.array([*gray.shape, *pre.head_box(gray)], np.int32),
                np.array([stats[k] for k in STAT_KEYS], np.float64)]
         if mask_path:

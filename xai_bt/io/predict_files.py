@@ -47,21 +47,20 @@ def predict_files(model, files: Sequence[str | os.PathLike], *, batch_size: int 
 
 def _read_batch(bundle, batch: list[str], out: PredictResult, tell: Callable[[dict[str, Any]], None]):
     """Decode a batch: the files that read, their model inputs and image-check warnings; failures recorded."""
-    from xai_bt.data.decode import read_image
     from xai_bt.data.sample import ImageError
-    from xai_bt.model.competence import decode_colour, scan_warnings
+    from xai_bt.model.competence import decode_scan, scan_warnings
 
     ok, inputs, notes = [], [], []
     for f in batch:
         try:
-            gray = read_image(f)
+            gray, rgb = decode_scan(f)
             inputs.append(bundle.prepare(gray))
         except ImageError as e:
             out.failures.append({"path": f, "error": e.problem})
             tell(out.failures[-1])
             continue
         ok.append(f)
-        notes.append(scan_warnings(gray, decode_colour(f)))
+        notes.append(scan_warnings(gray, rgb))
     return ok, inputs, notes
 
 

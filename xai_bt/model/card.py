@@ -65,6 +65,8 @@ def render_model_card(config: dict[str, Any]) -> str:
                   f"- **Data**: `{tc.get('data')}`; {tr.get('n_train')} training, {tr.get('n_val')} validation, "
                   f"{tr.get('n_test')} test scans (split in `split.csv`; {_validation_note(tr, tc, bool(config.get('calibration')))})",
                   f"- **Command**: `{training_command(tc)}`",
+                  *_focus_lines(tr.get("focus")),
+                  *[f"- **Note**: {n}" for n in tr.get("notes", [])],
                   f"- **Time**: {tr.get('seconds', 0) / 60:.1f} min on "
                   f"{'CPU only' if hw.get('accelerator', 'none') == 'none' else hw['accelerator']}, "
                   f"{hw.get('cpu_count')} CPU cores ({hw.get('processor')}), Keras "
@@ -102,6 +104,18 @@ def render_model_card(config: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _focus_lines(focus: dict[str, Any] | None) -> list[str]:
+    """What focus-guided training added to the loss and which masks supervised (xai_bt.model.focus)."""
+    if not focus:
+        return []
+    return [f"- **Focus-guided**: the loss adds {focus.get('weight')} x the share of the true class's activation "
+            f"map on `{focus.get('layer')}` outside the expert tumor mask; {focus.get('training_scans_with_mask')} "
+            f"of {focus.get('training_scans')} training scans got the mask of a masked twin in "
+            f"`{focus.get('masked_root')}` (mirror-aware, r >= {focus.get('threshold')}); its "
+            f"{focus.get('held_out_for_evaluation')} masked scans with no twin in training never supervise "
+            "(they are the focus audit's scans), nor do their twins"]
+
+
 def _imported_lines(rec: dict[str, Any], config: dict[str, Any]) -> list[str]:
     """What an imported model is, what was given about it and what xai_bt assumed."""
     def how(key: str) -> str:
@@ -135,6 +149,8 @@ def training_command(tc: dict[str, Any]) -> str:
         if v is not None and v != default:
             flag = "--split" if key == "split_csv" else "--" + key.replace("_", "-")
             parts.append(f"{flag} {v}")
+    if tc.get("focus_masks"):
+        parts.append(f"--focus-masks {tc['focus_masks']} --focus-weight {tc.get('focus_weight', 1.0):g}")
     if not tc.get("augment", True):
         parts.append("--no-augment")
     if pre:

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 __all__ = ["RECORD_KEY", "STAT_KEYS", "IMAGE_THRESHOLDS", "IMAGE_CHECKS", "ImageCheck", "CompetenceExists", "decode_colour",
-           "image_statistics", "image_warnings", "scan_warnings", "image_check_warnings", "feature_network", "features", "network_outputs", "pooled_layer",
+           "image_statistics", "image_warnings", "scan_warnings", "decode_scan", "image_check_warnings", "feature_network", "features", "network_outputs", "pooled_layer",
            "feature_scores", "feature_warnings", "has_feature_check", "warnings", "fit_competence",
            "training_samples", "format_record"]
 
@@ -394,11 +394,11 @@ def _feature_message(bundle) -> str:
             "validation scans)")
 
 
-def _decoded(image: str | os.PathLike | bytes | np.ndarray, name: str | None = None
-             ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(grey 2-D uint8, colour pixels or None) of a path, the bytes of an upload, or an array as decoded;
-    ImageError for a file that is not a readable scan."""
-    from xai_bt.data.decode import read_image
+def decode_scan(image: str | os.PathLike | bytes | np.ndarray, name: str | None = None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(grey 2-D uint8, colour pixels or None) of a path, the bytes of an upload, or an array as decoded: what
+    the image checks need, the file read once. ImageError for a file that is not a readable scan."""
+    from xai_bt.data.decode import read_bytes, read_image
     from xai_bt.model.bundle import _as_gray
 
     if isinstance(image, np.ndarray):
@@ -406,14 +406,14 @@ def _decoded(image: str | os.PathLike | bytes | np.ndarray, name: str | None = N
         if rgb is not None and rgb.dtype != np.uint8:
             rgb = None
         return _as_gray(image), rgb
-    data = image if isinstance(image, bytes) else None
-    label = name if name is not None else ("<bytes>" if data is not None else str(image))
-    return read_image(image, name=label), decode_colour(image)
+    label = name if name is not None else ("<bytes>" if isinstance(image, bytes) else str(image))
+    data = image if isinstance(image, bytes) else read_bytes(image, label)
+    return read_image(data, name=label), decode_colour(data)
 
 
 def image_check_warnings(image: str | os.PathLike | bytes | np.ndarray, name: str | None = None) -> list[str]:
     """The image-check warnings of one scan given as `warnings` takes it (no feature check)."""
-    return scan_warnings(*_decoded(image, name))
+    return scan_warnings(*decode_scan(image, name))
 
 
 def warnings(bundle, image: str | os.PathLike | bytes | np.ndarray, name: str | None = None,
@@ -422,7 +422,7 @@ def warnings(bundle, image: str | os.PathLike | bytes | np.ndarray, name: str | 
     an array as decoded: (H, W) grey or (H, W, 3) colour) and, for a fitted bundle, the feature check.
     `feats`: the scan's features (`features`) when the caller already has them; else the network runs once.
     ImageError for a file that is not a readable scan."""
-    gray, rgb = _decoded(image, name)
+    gray, rgb = decode_scan(image, name)
     out = scan_warnings(gray, rgb)
     if has_feature_check(bundle):
         if feats is None:
@@ -509,15 +509,13 @@ def _sample_features(bundle, samples: Sequence, batch_size: int) -> tuple[np.nda
 
 def _sample_statistics(samples: Sequence) -> list[dict[str, float] | None]:
     """Image statistics of dataset samples read from their files (None where unreadable)."""
-    from xai_bt.data.decode import read_image
     from xai_bt.data.sample import ImageError
 
     out: list[dict[str, float] | None] = []
     for s in samples:
         try:
-            data = Path(s.path).read_bytes()
-            out.append(image_statistics(read_image(data, name=s.path), decode_colour(data)))
-        except (OSError, ImageError):
+            out.append(image_statistics(*decode_scan(s.path)))
+        except ImageError:
             out.append(None)
     return out
 

@@ -64,17 +64,16 @@ def review_scan(bundle, source: str | os.PathLike | bytes, name: str | None = No
     from xai_bt.attribution.explain import explain
     from xai_bt.attribution.summary import GEOMETRY_KEY, explanation_summary, scan_geometry
     from xai_bt.audit.recommend import score_line
-    from xai_bt.data.decode import read_image
-    from xai_bt.model.competence import decode_colour, scan_warnings
+    from xai_bt.model.competence import decode_scan, scan_warnings
     from xai_bt.model.provenance import default_methods, recommended_explanation
     from xai_bt.plots.explanation import plot_map_tile
 
     label = name if name is not None else str(source)
-    gray = read_image(source, name=label)
+    gray, rgb = decode_scan(source, name=label)
     x = bundle.prepare(gray)
     methods = tuple(methods) if methods else default_methods(bundle, "review")
     expl = explain(bundle, x, methods=methods)[0]
-    expl.warnings = scan_warnings(gray, decode_colour(source)) + expl.warnings   # image checks, then features
+    expl.warnings = scan_warnings(gray, rgb) + expl.warnings   # image checks, then features
     rec = recommended_explanation(bundle) or {}
     expl.path = label
     expl.extra[GEOMETRY_KEY] = scan_geometry(gray.shape, bundle.preprocessing.head_box(gray))
