@@ -64,6 +64,20 @@ def test_fusion_of_one_layer_is_layercam_and_defaults_span_resolutions(small):
         explain_batch(small, x, [0, 3], ["layercam_fusion"], fuse="sum")
 
 
+def test_product_fusion_is_the_geometric_mean_of_the_layers(small):
+    """`layercam_product`: per layer Layer-CAM scaled to [0, 1] on the finest grid, then their geometric mean
+    (zero wherever one layer is), computed here from the single-layer maps."""
+    x = _images(2, 32, seed=4)
+    layers = cams.fusion_layers(small, 3)
+    got = explain_batch(small, x, [0, 3], ["layercam_product", "layercam_fusion"])
+    maps = [np.maximum(cams.layercam(*cams.layer_pass(small, [x], ly, np.array([0, 3]), 8)[:2]), 0) for ly in layers]
+    fine = maps[-1].shape[1:]
+    scaled = [cams.unit_max(m if m.shape[1:] == fine else cams.upsample(m, fine))[0] for m in maps]
+    want = cams.finish(np.prod(np.stack(scaled), axis=0) ** (1 / 3), (32, 32))
+    np.testing.assert_allclose(got["layercam_product"], want, atol=1e-5)
+    assert not np.allclose(got["layercam_product"], got["layercam_fusion"], atol=1e-3)
+
+
 def test_ig_baselines_and_completeness(small):
     x = _images(2, 32, seed=5)
     blurred = ig_baseline(x, "blur", 0.1)

@@ -14,7 +14,7 @@ def test_every_method_has_one_spec_with_a_kind_label_and_callable():
         assert registry.OPTIONS[name] == dict(spec.options)
     assert set(registry.names(kind=registry.CAM_KINDS)) == {"gradcam", "gradcam++", "layercam", "hirescam",
                                                              "xgradcam", "scorecam", "fasterscorecam",
-                                                             "layercam_fusion"}
+                                                             "layercam_fusion", "layercam_product"}
     for defaults in (registry.EXPLAIN_DEFAULT, registry.REVIEW_DEFAULT, registry.AUDIT_DEFAULT):
         assert registry.check_methods(defaults) == defaults
 

@@ -147,6 +147,9 @@ register("fasterscorecam", "Faster Score-CAM", "scored_cam", cams.scorecam, opti
          reference="Wang et al. 2020 (faster variant of tf-keras-vis)")
 register("layercam_fusion", "Layer-CAM (fused layers)", "scored_cam", cams.layercam_fusion,
          options={"layers": None, "fuse": "mean"}, reference="Jiang et al. 2021 (layer fusion)")
+# the same layers' geometric mean: the fine map where the coarse ones agree (less mass off the tumor)
+register("layercam_product", "Layer-CAM (fused layers, product)", "scored_cam", cams.layercam_fusion,
+         options={"layers": None, "fuse": "product"}, reference="Jiang et al. 2021 (layer fusion), product rule")
 register("saliency", "Saliency", "input_attribution", gradients.saliency, reference="Simonyan et al. 2014")
 register("smoothgrad", "SmoothGrad", "input_attribution", gradients.smoothgrad, reference="Smilkov et al. 2017")
 register("integrated_gradients", "Integrated Gradients", "input_attribution", gradients.integrated_gradients,

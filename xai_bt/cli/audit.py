@@ -108,6 +108,10 @@ def _recommend(args: argparse.Namespace, summary: dict) -> None:
 
     rec = recommend(summary)
     checks = "" if rec["passed_checks"] else " (no method passed the faithfulness and randomisation checks)"
+    unmeasured = [what for what, key in (("faithfulness", "faithful"), ("randomisation", "passes_randomisation"))
+                  if rec[key] is None]
+    if unmeasured:
+        checks += f" ({' and '.join(unmeasured)} not measured: --faithfulness N, --sanity N)"
     print(f"recommended explanation: {rec['method']}{checks}; {score_line(rec, rec['method'])}")
     if args.store and Path(args.model).is_dir():
         store(args.model, rec)

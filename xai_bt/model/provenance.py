@@ -146,7 +146,8 @@ def default_methods(bundle, purpose: str) -> tuple[str, ...]:
 
 def audit_candidates(bundle) -> tuple[str, ...]:
     """The methods a plain audit compares: registry.AUDIT_DEFAULT, plus Layer-CAM and HiResCAM on the last
-    layer of each finer resolution (`cams.fusion_layers`: e.g. 10x10 and 20x20), plus their fusion."""
+    layer of each finer resolution (`cams.fusion_layers`: e.g. 10x10 and 20x20), plus their fusion (mean and
+    product)."""
     from xai_bt.attribution import registry
     from xai_bt.attribution.cams import fusion_layers
 
@@ -155,5 +156,5 @@ def audit_candidates(bundle) -> tuple[str, ...]:
     except (ValueError, AttributeError):          # no spatial layers (a SavedModel): gradient methods only
         return registry.AUDIT_DEFAULT
     variants = tuple(f"{m}{registry.LAYER_SEP}{layer}" for layer in finer for m in ("layercam", "hirescam"))
-    return registry.AUDIT_DEFAULT + variants + (("layercam_fusion",) if finer else ())
+    return registry.AUDIT_DEFAULT + variants + (("layercam_fusion", "layercam_product") if finer else ())
 
