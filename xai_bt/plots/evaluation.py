@@ -559,8 +559,12 @@ def _read_history(
     return arrays, phases
 
 
+#: history columns whose name does not say what they are
+_METRIC_NAMES = {"outside_share": "CAM share outside mask"}
+
+
 def _pretty(key: str) -> str:
-    return key.replace("_", " ").capitalize()
+    return _METRIC_NAMES.get(key) or key.replace("_", " ").capitalize()
 
 
 @styled
