@@ -20,7 +20,7 @@ run() { echo "+ $*" >&2; "$@"; }
 nll() { "$PY" -c "import json; print(json.load(open('models/default/bundle.json'))['calibration']['after']['nll'])"; }
 
 rm -rf models/default && cp -r "$SRC" models/default && rm -rf models/default/checkpoints
-"$PY" -c "import json; p='models/default/bundle.json'; b=json.load(open(p)); b['name']='default'; json.dump(b, open(p, 'w'), indent=2)"
+"$PY" -c "from xai_bt.model.bundle import read_config, write_config; c = read_config('models/default'); c['name'] = 'default'; write_config('models/default', c)"
 run "$PY" -m xai_bt calibrate models/default --data "$D" --tta none --overwrite
 none=$(nll)
 run "$PY" -m xai_bt calibrate models/default --data "$D" --tta hflip --overwrite

@@ -106,8 +106,7 @@ def explain(model, images, methods: Sequence[str] | str | None = None, target: T
         return _explain_cascade(bundle, images, methods, target, layer, batch_size, options)
     name, net = _network(bundle, network)
     names = provenance.network_classes(bundle, name)
-    x, paths = _prepare(bundle, images, target)
-    image_notes = _image_notes(bundle, images, len(x))
+    x, paths, image_notes = _prepare(bundle, images, target)
     audit = _audit_lines(bundle, methods)
     cam_layer = _cam_layer(bundle, net, layer, methods)
     if options.get("background") is not None:
@@ -156,8 +155,7 @@ def _explain_cascade(bundle, images, methods: tuple[str, ...], target: Target, l
     call. Probabilities and class names are the four-class ones; `Explanation.network` says which stage."""
     names = tuple(bundle.class_names)
     stage_classes = {stage: list(provenance.network_classes(bundle, stage)) for stage in ("stage1", "stage2")}
-    x, paths = _prepare(bundle, images, target)
-    image_notes = _image_notes(bundle, images, len(x))
+    x, paths, image_notes = _prepare(bundle, images, target)
     audit = _audit_lines(bundle, methods)
     background = options.pop("background", None)
     stage_options = {stage: options if background is None else
@@ -219,12 +217,24 @@ def _network_probabilities(bundle, pred, name: str) -> np.ndarray:
     return pred.view_probabilities if name == "view" else pred.probabilities
 
 
-def _prepare(bundle, images, target: Target) -> tuple[np.ndarray, list[str | None]]:
-    """The prepared batch and each scan's path; a per-scan target list must match the scans."""
-    x = bundle.prepare(images)
+def _prepare(bundle, images, target: Target) -> tuple[np.ndarray, list[str | None], list[list[str]]]:
+    """The prepared batch, each scan's path and its image-check warnings (`model.competence`), each file
+    decoded once; no warnings for a prepared batch, whose pixels no longer show the scan as stored. A
+    per-scan target list must match the scans."""
+    from xai_bt.model.bundle import _is_model_batch
+    from xai_bt.model.competence import decode_scan, scan_warnings
+
+    if isinstance(images, np.ndarray) and (images.ndim not in (2, 3) or _is_model_batch(images, bundle.preprocessing)):
+        x = bundle.prepare(images)
+        notes: list[list[str]] = [[] for _ in range(len(x))]
+    else:
+        items = [images] if isinstance(images, (str, os.PathLike, np.ndarray)) else list(images)
+        decoded = [decode_scan(item) for item in items]
+        x = bundle.prepare([gray for gray, _ in decoded])
+        notes = [scan_warnings(gray, rgb) for gray, rgb in decoded]
     if not (target is None or isinstance(target, (str, int, np.integer))) and len(target) != len(x):
         raise ValueError(f"give one target for all scans or one per scan ({len(x)}), got {len(target)}")
-    return x, _paths(images, len(x))
+    return x, _paths(images, len(x)), notes
 
 
 def _audit_lines(bundle, methods) -> dict[str, str]:
@@ -237,20 +247,6 @@ def _audit_lines(bundle, methods) -> dict[str, str]:
         return {}
     lines = {m: score_line(rec, m) for m in methods}
     return {m: line for m, line in lines.items() if line}
-
-
-def _image_notes(bundle, images, n: int) -> list[list[str]]:
-    """Each scan's image-check warnings (`model.competence`) when the caller gave files or arrays as decoded
-    (read as `Bundle.prepare` reads them); none for a prepared batch, whose pixels no longer show the scan
-    as stored."""
-    from xai_bt.model.bundle import _is_model_batch
-
-    if isinstance(images, np.ndarray) and (images.ndim not in (2, 3) or _is_model_batch(images, bundle.preprocessing)):
-        return [[] for _ in range(n)]
-    items = [images] if isinstance(images, (str, os.PathLike, np.ndarray)) else list(images)
-    from xai_bt.model.competence import image_check_warnings
-
-    return [image_check_warnings(item) for item in items] if len(items) == n else [[] for _ in range(n)]
 
 
 def _warnings(bundle, xb: np.ndarray, view_vectors: np.ndarray | None, image_notes: list[list[str]],

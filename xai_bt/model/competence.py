@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 __all__ = ["RECORD_KEY", "STAT_KEYS", "IMAGE_THRESHOLDS", "IMAGE_CHECKS", "ImageCheck", "CompetenceExists", "decode_colour",
-           "image_statistics", "image_warnings", "scan_warnings", "decode_scan", "image_check_warnings", "feature_network", "features", "network_outputs", "pooled_layer",
+           "image_statistics", "image_warnings", "scan_warnings", "decode_scan", "feature_network", "features", "network_outputs", "pooled_layer",
            "feature_scores", "feature_warnings", "has_feature_check", "warnings", "fit_competence",
            "training_samples", "format_record"]
 
@@ -409,11 +409,6 @@ def decode_scan(image: str | os.PathLike | bytes | np.ndarray, name: str | None 
     label = name if name is not None else ("<bytes>" if isinstance(image, bytes) else str(image))
     data = image if isinstance(image, bytes) else read_bytes(image, label)
     return read_image(data, name=label), decode_colour(data)
-
-
-def image_check_warnings(image: str | os.PathLike | bytes | np.ndarray, name: str | None = None) -> list[str]:
-    """The image-check warnings of one scan given as `warnings` takes it (no feature check)."""
-    return scan_warnings(*decode_scan(image, name))
 
 
 def warnings(bundle, image: str | os.PathLike | bytes | np.ndarray, name: str | None = None,
