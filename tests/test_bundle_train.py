@@ -210,3 +210,52 @@ def test_budget_stops_mid_epoch(tiny_benchmark, tmp_path, caplog):
     assert len(rows) == 1 and "val_loss" in rows[0]
     assert "--budget 0.0001" in (out / "MODEL_CARD.md").read_text()
     assert load_model(out).predict([str(SAMPLES / "glioma.jpg")]).probabilities.shape == (1, 4)
+
+
+def test_refit_trains_on_the_validation_rows_and_keeps_its_last_epoch(tiny_benchmark, tmp_path):
+    """--refit: the rows a run with validation held out are trained on too, with no early stopping (so
+    the fixed schedule's last epoch is kept); split.csv and the card say so. A plateau schedule, which
+    watches the validation loss, is refused."""
+    import csv
+
+    with pytest.raises(ValueError, match="fixed schedule"):
+        train(_cfg(tiny_benchmark, tmp_path / "plateau", refit=True))
+    out = train(_cfg(tiny_benchmark, tmp_path / "refit", epochs=2, refit=True, schedule="cosine"))
+    cfg = json.loads((out / "bundle.json").read_text())
+    assert cfg["training"]["n_val"] == 0 and cfg["training"]["n_train"] == 48
+    with open(out / "split.csv") as fh:
+        parts = [r["split"] for r in csv.DictReader(fh)]
+    assert parts.count("train") == 48 and "val" not in parts
+    with open(out / "history.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 2   # both epochs ran: nothing stopped it early
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "--refit" in card and "a refit:" in card
+
+
+def test_held_out_scans_fit_temperature_and_competence_without_twins_of_the_split(tiny_benchmark, tmp_path):
+    """A bundle without validation rows is calibrated on a held-out folder; a held-out scan with a
+    twin (here: the mirror of one of its training scans, and a copy of a test scan) is left out."""
+    import cv2
+
+    from xai_bt.model.bundle import read_config
+
+    out = train(_cfg(tiny_benchmark, tmp_path / "refit", refit=True, schedule="cosine"))
+    assert cli.main(["calibrate", str(out), "--data", str(tiny_benchmark)]) == 2   # no 'val' rows
+    held = tmp_path / "held_out"
+    for folder in ("glioma", "notumor"):
+        src = sorted((BENCHMARK / "Training" / folder).glob("*.jpg"))[40:44]
+        (held / folder).mkdir(parents=True)
+        for f in src:
+            shutil.copy(f, held / folder / f.name)
+    seen = sorted((tiny_benchmark / "Training" / "glioma").glob("*.jpg"))[0]
+    cv2.imwrite(str(held / "glioma" / "mirrored_training_scan.png"), cv2.imread(str(seen))[:, ::-1])
+    test_scan = sorted((tiny_benchmark / "Testing" / "notumor").glob("*.jpg"))[0]
+    shutil.copy(test_scan, held / "notumor" / "copy_of_a_test_scan.jpg")
+    assert cli.main(["calibrate", str(out), "--data", str(tiny_benchmark), "--held-out", str(held)]) == 0
+    cal = read_config(out)["calibration"]
+    assert cal["held_out"] == str(held) and cal["n_val_twins_left_out"] >= 2
+    assert cal["n_val"] + cal["n_val_twins_left_out"] == 10 and "without twins" in cal["fitted_on"]
+    assert f"held-out scans under `{held}`" in (out / "MODEL_CARD.md").read_text()
+    assert cli.main(["competence", str(out), "--data", str(tiny_benchmark), "--held-out", str(held)]) == 0
+    comp = read_config(out)["competence"]
+    assert comp["validation"]["n"] == cal["n_val"] and str(held) in comp["fitted_on"]

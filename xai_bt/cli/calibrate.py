@@ -18,6 +18,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "validation scans (never trained on, not the test set), all of which are used")
     p.add_argument("--train-data", help="an imported model's training scans: validation scans with a twin "
                                         "among them are left out")
+    p.add_argument("--held-out", metavar="ROOT",
+                   help="fit on the labelled scans under ROOT instead (e.g. ../shared/data/brisc2025 for a model "
+                        "refitted on all of Training, which has no validation rows), less the twins of every "
+                        "scan of the bundle's split.csv: its training scans and its test scans")
     p.add_argument("--overwrite", action="store_true", help="refit and replace an existing temperature")
     p.add_argument("--bins", type=int, default=15, help="confidence bins for ECE/MCE (default 15)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -32,7 +36,8 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         record = calibrate_bundle(args.model, args.data, overwrite=args.overwrite, batch_size=args.batch_size,
-                                  n_bins=args.bins, tta=args.tta, train_data=args.train_data)
+                                  n_bins=args.bins, tta=args.tta, train_data=args.train_data,
+                                  held_out=args.held_out)
     except (BundleError, FileExistsError, ValueError, FileNotFoundError) as e:
         return fail(str(e))
     print(f"{args.model}: {record['method']}; test-time augmentation: {record['tta']}")

@@ -17,6 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True,
                    help="the model's training data root (split.csv paths are relative to it): the reference comes "
                         "from its 'train' rows, the threshold from its 'val' rows without twins of training scans")
+    p.add_argument("--held-out", metavar="ROOT",
+                   help="take the threshold from the labelled scans under ROOT instead (a refitted model has no "
+                        "'val' rows), less the twins of every scan of the bundle's split.csv")
     p.add_argument("--overwrite", action="store_true", help="refit and replace existing competence checks")
     p.add_argument("--batch-size", type=int, default=64)
 
@@ -28,7 +31,8 @@ def main(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         return fail(f"--batch-size must be at least 1, got {args.batch_size}")
     try:
-        record = fit_competence(args.model, args.data, overwrite=args.overwrite, batch_size=args.batch_size)
+        record = fit_competence(args.model, args.data, overwrite=args.overwrite, batch_size=args.batch_size,
+                                held_out=args.held_out)
     except (BundleError, FileExistsError, ValueError, FileNotFoundError) as e:
         return fail(str(e))
     print(f"{args.model}: competence checks fitted")

@@ -30,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dropout", type=float)
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--refit", action="store_true",
+                   help="a final refit: train on the validation rows too, for --epochs (those a run with "
+                        "validation chose), and keep the last epoch; needs --schedule cosine. Calibrate and "
+                        "fit the competence checks on held-out scans then (--held-out)")
     p.add_argument("--split", dest="split_csv", help="split CSV from `data audit --write-split`")
     p.add_argument("--crop-to-head", default="yes", choices=["yes", "no"])
     p.add_argument("--denoise", choices=["median", "gaussian", "nlmeans"])
@@ -60,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
         weights=args.weights, schedule=args.schedule, patience=args.patience, dropout=args.dropout,
         augment=not args.no_augment, val_fraction=args.val_fraction, split_csv=args.split_csv, seed=args.seed,
         limit=args.limit, time_limit=args.time_limit, budget=args.budget, view_model=args.view_model, init_from=args.init_from, strategy=args.strategy,
-        focus_masks=args.focus_masks, focus_weight=args.focus_weight,
+        focus_masks=args.focus_masks, focus_weight=args.focus_weight, refit=args.refit,
         preprocessing={"image_size": args.image_size, "crop_to_head": args.crop_to_head == "yes",
                        "denoise": args.denoise, "intensity": args.intensity},
     )

@@ -132,6 +132,49 @@ def validation_samples(bundle, data: str | os.PathLike, twin_free: bool = True) 
     return found, missing, n_twins
 
 
+def held_out_samples(bundle, data: str | os.PathLike, held_out: str | os.PathLike) -> tuple[list, list[str], int]:
+    """(labelled scans under ``held_out``, [], number left out) for a bundle with no validation rows, such as a
+    refit: a scan is left out when it has a twin (as it is, mirrored, flipped) among any row of the bundle's
+    split.csv under ``data``: its training scans, which it has seen, and its test scans, which calibration
+    must not see either."""
+    from xai_bt.data.datasets import load_dataset
+    from xai_bt.model.provenance import rows_of, split_table
+
+    if not split_table(bundle):
+        raise ValueError(f"{bundle.path}: no split.csv, so the scans to keep held-out scans apart from are unknown")
+    found = [s for s in load_dataset(str(held_out)) if s.label]
+    if not found:
+        raise ValueError(f"{held_out}: no labelled scans to fit on")
+    rows = [r for r in rows_of(bundle, str(data), ("train", "val", "test")) if os.path.exists(r.path)]
+    if not rows:
+        raise ValueError(f"{data}: none of the scans of {bundle.path}/split.csv are there; --data must be the "
+                         "model's training data root")
+    found, n_twins = _drop_twins(found, rows, f"{held_out}: every scan has a twin among the scans of "
+                                              f"{bundle.path}/split.csv")
+    return found, [], n_twins
+
+
+def fitting_samples(bundle, data: str | os.PathLike, held_out: str | os.PathLike | None = None,
+                    train_data: str | None = None, twin_free: bool = True) -> tuple[list, list[str], int, str]:
+    """The scans a temperature, a TTA choice or a competence threshold is fitted on, and where they came from:
+    the twin-free scans under ``held_out`` when given; an imported model's declared validation folder; else
+    the split.csv rows with split 'val' (less twins of its 'train' rows)."""
+    from xai_bt.model.provenance import split_table
+
+    if held_out is not None:
+        found, missing, n = held_out_samples(bundle, data, held_out)
+        return found, missing, n, (f"every labelled scan under {held_out}, without twins (as they are, mirrored, "
+                                   "flipped: xai_bt.data.twins) of any scan of split.csv (train, val, test)")
+    if bool(bundle.config.get("imported")) and not split_table(bundle):
+        found, missing, n = declared_validation(bundle, data, train_data, twin_free)
+        return found, missing, n, (f"every scan under {data}, declared held out" + (
+            f", without twins of the scans under {train_data} (as they are, mirrored, flipped: xai_bt.data.twins)"
+            if twin_free and train_data else "; twins of its training scans not checked (no --train-data)"))
+    found, missing, n = validation_samples(bundle, data, twin_free)
+    return found, missing, n, "rows with split 'val' in split.csv" + (
+        ", without twins of its 'train' rows (as they are, mirrored, flipped: xai_bt.data.twins)" if twin_free else "")
+
+
 def _summary(report: dict[str, Any]) -> dict[str, float]:
     return {k: report[k] for k in RECORD_KEYS}
 
@@ -139,11 +182,12 @@ def _summary(report: dict[str, Any]) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------- main
 def calibrate_bundle(model, data: str | os.PathLike, overwrite: bool = False, batch_size: int = 64,
                      n_bins: int = 15, tta: str | None = None, twin_free: bool = True,
-                     train_data: str | None = None) -> dict[str, Any]:
+                     train_data: str | None = None, held_out: str | os.PathLike | None = None) -> dict[str, Any]:
     """Fit T on the bundle's validation rows (those with no twin among its training rows unless
     ``twin_free`` is False), store ``temperature`` and ``calibration`` in bundle.json. An imported model
     has no split.csv: ``data`` is then a folder of held-out validation scans, less the twins of the scans
-    under ``train_data`` (what it learnt from) when given.
+    under ``train_data`` (what it learnt from) when given. ``held_out``: fit on the scans there instead
+    (a refit has no validation rows), less the twins of every scan of its split.csv.
 
     ``tta`` ("none" or "hflip") sets the bundle's test-time augmentation first, so T is fitted on the
     logits the bundle will actually produce (the two are stored together).
@@ -170,11 +214,7 @@ def calibrate_bundle(model, data: str | os.PathLike, overwrite: bool = False, ba
     if tta is not None:
         bundle.config["tta"] = tta
         bundle.tta  # validates the mode
-    from xai_bt.model.provenance import split_table
-
-    declared = bool(bundle.config.get("imported")) and not split_table(bundle)
-    samples, missing, n_twins = (declared_validation(bundle, data, train_data, twin_free) if declared
-                                 else validation_samples(bundle, data, twin_free))
+    samples, missing, n_twins, fitted_on = fitting_samples(bundle, data, held_out, train_data, twin_free)
     y = labels_for(bundle, samples)
     labelled = [i for i in range(len(samples)) if y[i] >= 0]
     samples, y = [samples[i] for i in labelled], y[labelled]
@@ -182,7 +222,7 @@ def calibrate_bundle(model, data: str | os.PathLike, overwrite: bool = False, ba
     bad = failed_indices(samples, errors)
     keep = [i for i in range(len(samples)) if i not in bad]
     if len(keep) < 2 or len(np.unique(y[keep])) < 2:
-        raise ValueError(f"{data}: {len(keep)} usable validation scans; too few to fit a temperature")
+        raise ValueError(f"{held_out or data}: {len(keep)} usable validation scans; too few to fit a temperature")
     y = y[keep]
     logits = raw_logits(bundle, to_model_input(x[keep]), batch_size)
     t = fit_bundle_temperature(bundle, logits, y)     # warns when T sits on a bound of T_BOUNDS
@@ -192,11 +232,7 @@ def calibrate_bundle(model, data: str | os.PathLike, overwrite: bool = False, ba
         "temperature": t,
         "method": "temperature scaling (Guo et al. 2017): T minimising the validation NLL"
                   + ("; one T shared by both cascade stages" if bundle.kind == "cascade" else ""),
-        "fitted_on": (f"every scan under {data}, declared held out" + (
-            f", without twins of the scans under {train_data} (as they are, mirrored, flipped: xai_bt.data.twins)"
-            if twin_free and train_data else "; twins of its training scans not checked (no --train-data)"))
-        if declared else "rows with split 'val' in split.csv" + (
-            ", without twins of its 'train' rows (as they are, mirrored, flipped: xai_bt.data.twins)" if twin_free else ""),
+        "fitted_on": fitted_on,
         "tta": bundle.tta,
         "data": str(data),
         "n_val": int(len(y)),
@@ -207,6 +243,8 @@ def calibrate_bundle(model, data: str | os.PathLike, overwrite: bool = False, ba
         "before": _summary(before),
         "after": _summary(after),
     }
+    if held_out is not None:
+        record["held_out"] = str(held_out)
     if old is not None:
         record["replaced_temperature"] = bundle.temperature
     bundle.config["temperature"] = t

@@ -19,6 +19,9 @@ def _validation_note(tr: dict[str, Any], tc: dict[str, Any], calibrated: bool) -
         how = f"validation carved out by twin group ({describe_twins(tc.get('dedup_threshold', TWIN_THRESHOLD), recorded)})"
     else:
         how = f"validation carved out by near-duplicate group at r >= {tc.get('dedup_threshold')}"
+    if tc.get("refit"):
+        return how + ("; a refit: its validation rows were trained on too, for the epochs chosen with them "
+                      "held out, and the last epoch kept")
     if not recorded:
         how += (", scans compared as they are only (mirrored twins were not caught then"
                 + ("; see the temperature line)" if calibrated else ")"))
@@ -30,6 +33,10 @@ def _calibration_note(config: dict[str, Any]) -> str:
     cal = config.get("calibration")
     if not cal:
         return ""
+    if cal.get("held_out"):
+        return (f" (fitted on {cal['n_val']} held-out scans under `{cal['held_out']}`; "
+                f"{cal.get('n_val_twins_left_out', 0)} more were left out because they have a twin, as they are "
+                "or mirrored, among the scans of split.csv: training and test)")
     note = f" (fitted on {cal['n_val']} validation scans"
     if cal.get("n_val_twins_left_out"):
         note += (f"; {cal['n_val_twins_left_out']} more were left out because they have a twin, as they are "
@@ -151,6 +158,8 @@ def training_command(tc: dict[str, Any]) -> str:
             parts.append(f"{flag} {v}")
     if tc.get("focus_masks"):
         parts.append(f"--focus-masks {tc['focus_masks']} --focus-weight {tc.get('focus_weight', 1.0):g}")
+    if tc.get("refit"):
+        parts.append("--refit")
     if not tc.get("augment", True):
         parts.append("--no-augment")
     if pre:

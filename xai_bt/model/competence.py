@@ -515,24 +515,28 @@ def _sample_statistics(samples: Sequence) -> list[dict[str, float] | None]:
     return out
 
 
-def fit_competence(model, data: str | os.PathLike, overwrite: bool = False, batch_size: int = 64) -> dict[str, Any]:
+def fit_competence(model, data: str | os.PathLike, overwrite: bool = False, batch_size: int = 64,
+                   held_out: str | os.PathLike | None = None) -> dict[str, Any]:
     """Fit the feature check of a bundle and store the competence record in its bundle.json.
 
     The reference (class means and shared covariance of the checked network's features) comes from the
     scans with split 'train' in the bundle's split.csv, the threshold from its validation scans (split 'val',
     less those with a twin among the training scans: `temperature.validation_samples`), both found under
     ``data``, the training data root. The image checks' false alarms on the same validation scans are
-    recorded too. Refuses (:class:`CompetenceExists`) to replace a record unless ``overwrite``.
+    recorded too. ``held_out``: take the threshold from the scans there instead (a refit has no validation
+    rows), less the twins of every scan of the split.csv (`temperature.held_out_samples`). Refuses
+    (:class:`CompetenceExists`) to replace a record unless ``overwrite``.
     """
     from xai_bt.evaluation.evaluate import labels_for
-    from xai_bt.evaluation.temperature import validation_samples
+    from xai_bt.evaluation.temperature import held_out_samples, validation_samples
     from xai_bt.model.bundle import Bundle, load_model, write_config
 
     bundle = model if isinstance(model, Bundle) else load_model(model)
     if bundle.config.get(RECORD_KEY) is not None and not overwrite:
         raise CompetenceExists(f"{bundle.path}: already has competence checks fitted; pass overwrite=True "
                                "(--overwrite) to refit them")
-    val, missing, n_twins = validation_samples(bundle, data)
+    val, missing, n_twins = (held_out_samples(bundle, data, held_out) if held_out is not None
+                             else validation_samples(bundle, data))
     train = training_samples(bundle, data)
     y = labels_for(bundle, train)
     train = [s for s, label in zip(train, y) if label >= 0]
@@ -554,7 +558,8 @@ def fit_competence(model, data: str | os.PathLike, overwrite: bool = False, batc
                  f"classes, shrunk {SHRINKAGE:g} towards its mean variance (Lee et al. 2018)",
         "projection": spec,
         "threshold": threshold,
-        "threshold_rule": f"exp(mean + {Z_THRESHOLD:g} sd) of the validation scans' log distances",
+        "threshold_rule": f"exp(mean + {Z_THRESHOLD:g} sd) of the "
+                          f"{'held-out' if held_out is not None else 'validation'} scans' log distances",
         "n_train": len(keep), "n_val": len(val_keep),
         "validation_distances": {"median": float(np.median(d_val)), "max": float(d_val.max())},
         "reference": {"dim": int(ref["whiten"].shape[0]), "classes": [bundle.class_names[c] for c in ref["classes"]],
@@ -572,8 +577,11 @@ def fit_competence(model, data: str | os.PathLike, overwrite: bool = False, batc
         "image_thresholds_from": "model-independent (xai_bt.model.competence.IMAGE_THRESHOLDS): beyond the most "
                                  "extreme of the 5,708 Training scans of the brain-tumor-mri benchmark",
         "feature_check": check,
-        "fitted_on": "reference: rows with split 'train' in split.csv; threshold: rows with split 'val', without "
-                     "twins of its 'train' rows (as they are, mirrored, flipped: xai_bt.data.twins)",
+        "fitted_on": "reference: rows with split 'train' in split.csv; threshold: " + (
+            f"the labelled scans under {held_out}, without twins of any scan of split.csv (train, val, test)"
+            if held_out is not None else
+            "rows with split 'val', without twins of its 'train' rows (as they are, mirrored, flipped: "
+            "xai_bt.data.twins)"),
         "data": str(data),
         "validation": {
             "n": len(val_keep), "n_twins_left_out": int(n_twins), "n_missing": len(missing),

@@ -61,6 +61,7 @@ class TrainConfig:
     budget: float | None = None       # minutes of fitting; stops mid-epoch (same-budget comparisons)
     focus_masks: str | None = None    # a masked dataset (BRISC 2025): focus-guided training (xai_bt.model.focus)
     focus_weight: float = 1.0         # weight of the outside-the-mask CAM share in the loss
+    refit: bool = False               # a final refit: the validation rows join training, the last epoch is kept
     preprocessing: dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,7 +84,13 @@ def task_samples(data: str, task: str) -> tuple[list[Sample], list[str]]:
 
 def assign_splits(samples: Sequence[Sample], cfg: TrainConfig) -> list[str]:
     """train / val / test per sample: from a split CSV, from the dataset's own split (validation carved
-    out of Training by near-duplicate group), or a fresh leakage-free split."""
+    out of Training by near-duplicate group), or a fresh leakage-free split. A refit (``cfg.refit``)
+    trains on the validation rows too, for the epochs a run with them held out chose."""
+    split = _assign_splits(samples, cfg)
+    return ["train" if cfg.refit and part == "val" else part for part in split]
+
+
+def _assign_splits(samples: Sequence[Sample], cfg: TrainConfig) -> list[str]:
     from xai_bt.data import splits
 
     if cfg.split_csv:
@@ -253,15 +260,18 @@ def _fit_phase(model, train_in, val_in, cfg: TrainConfig, lr: float, epochs: tup
     callbacks = [
         keras.callbacks.BackupAndRestore(str(ckpt / "backup")),
         keras.callbacks.CSVLogger(str(ckpt / "history.csv"), append=True),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
-        keras.callbacks.ModelCheckpoint(str(ckpt / "best.weights.h5"), monitor="val_loss",
-                                        save_best_only=True, save_weights_only=True),
     ]
+    if val_in is not None:  # a refit has no validation data: it keeps its last epoch
+        callbacks += [
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
+            keras.callbacks.ModelCheckpoint(str(ckpt / "best.weights.h5"), monitor="val_loss",
+                                            save_best_only=True, save_weights_only=True),
+        ]
     if deadline is not None:
         callbacks.append(_time_limit_callback(deadline))
     if budget_deadline is not None:
         callbacks.append(_time_limit_callback(budget_deadline, mid_epoch=True))
-    if cfg.schedule == "plateau":
+    if cfg.schedule == "plateau" and val_in is not None:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
                                                            patience=max(2, cfg.patience // 2), min_lr=1e-6))
     if isinstance(strategy, tf_multiworker_type()):
@@ -285,6 +295,9 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
     from xai_bt.model.bundle import BUNDLE_FILE, load_model, save_bundle
     from xai_bt.model.card import write_model_card
 
+    if cfg.refit and cfg.schedule == "plateau":
+        raise ValueError("a refit has no validation loss to watch: use a fixed schedule (--schedule cosine) "
+                         "and the number of epochs a run with validation chose")
     strategy = get_strategy(cfg.strategy)  # once, before TensorFlow runs anything: multi-worker needs that
     out, chief = _output_folder(cfg, strategy, resume)
     ckpt = out / "checkpoints"
@@ -373,8 +386,10 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
                               masks_all[ii] if focus is not None and part == "train" else None)
 
         train_in = data("train", True)
-        vx, vy = data("val", False)
-        val_in = vx if vy is None else (vx, vy)
+        val_in = None
+        if keep["val"]:
+            vx, vy = data("val", False)
+            val_in = vx if vy is None else (vx, vy)
         steps = int(np.ceil(len(keep["train"]) / batch))
         phases = []
         if cfg.freeze_epochs and built.backbone_layers:
