@@ -259,3 +259,28 @@ def test_held_out_scans_fit_temperature_and_competence_without_twins_of_the_spli
     assert cli.main(["competence", str(out), "--data", str(tiny_benchmark), "--held-out", str(held)]) == 0
     comp = read_config(out)["competence"]
     assert comp["validation"]["n"] == cal["n_val"] and str(held) in comp["fitted_on"]
+
+
+def test_label_smoothing_loss_matches_keras_on_one_hot_labels():
+    """The sparse smoothed loss equals Keras' CategoricalCrossentropy(label_smoothing) on one-hot labels."""
+    import keras
+
+    from xai_bt.model.training import classification_loss
+
+    assert classification_loss(0.0, 4) == "sparse_categorical_crossentropy"
+    y = np.array([0, 3, 1])
+    p = np.array([[0.7, 0.1, 0.1, 0.1], [0.2, 0.2, 0.2, 0.4], [0.05, 0.9, 0.03, 0.02]], np.float32)
+    ours = float(classification_loss(0.1, 4)(y, p))
+    theirs = float(keras.losses.CategoricalCrossentropy(label_smoothing=0.1)(np.eye(4)[y], p))
+    assert ours == pytest.approx(theirs, rel=1e-6)
+    plain = float(keras.losses.SparseCategoricalCrossentropy()(y, p))
+    assert ours > plain  # smoothing penalises the confident rows
+
+
+def test_ema_and_label_smoothing_train_and_are_recorded(tiny_benchmark, tmp_path):
+    out = train(_cfg(tiny_benchmark, tmp_path / "ema", epochs=2, label_smoothing=0.1, ema=0.9, schedule="cosine"))
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "--label-smoothing 0.1" in card and "--ema 0.9" in card
+    assert load_model(out).predict([str(SAMPLES / "glioma.jpg")]).probabilities.shape == (1, 4)
+    with pytest.raises(ValueError, match="not supported with --focus-masks"):
+        train(_cfg(tiny_benchmark, tmp_path / "x", ema=0.9, focus_masks=str(tiny_benchmark)))

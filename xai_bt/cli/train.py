@@ -28,6 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=["plateau", "cosine"], default="plateau")
     p.add_argument("--patience", type=int, default=6, help="early-stopping patience (epochs)")
     p.add_argument("--dropout", type=float)
+    p.add_argument("--label-smoothing", type=float, default=0.0, metavar="E",
+                   help="train against (1 - E) one-hot + E / classes (default 0: plain cross-entropy)")
+    p.add_argument("--ema", type=float, metavar="MOMENTUM",
+                   help="keep an exponential moving average of the weights (e.g. 0.999): validation, "
+                        "checkpoints and the saved model use the averaged weights")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--refit", action="store_true",
@@ -65,6 +70,7 @@ def main(args: argparse.Namespace) -> int:
         augment=not args.no_augment, val_fraction=args.val_fraction, split_csv=args.split_csv, seed=args.seed,
         limit=args.limit, time_limit=args.time_limit, budget=args.budget, view_model=args.view_model, init_from=args.init_from, strategy=args.strategy,
         focus_masks=args.focus_masks, focus_weight=args.focus_weight, refit=args.refit,
+        label_smoothing=args.label_smoothing, ema=args.ema,
         preprocessing={"image_size": args.image_size, "crop_to_head": args.crop_to_head == "yes",
                        "denoise": args.denoise, "intensity": args.intensity},
     )

@@ -150,7 +150,8 @@ def training_command(tc: dict[str, Any]) -> str:
     opts = [("task", "tumor"), ("epochs", None), ("batch_size", None), ("lr", None), ("fine_tune_lr", None),
             ("freeze_epochs", 0), ("weights", None), ("schedule", "plateau"), ("patience", 6),
             ("dropout", None), ("val_fraction", 0.15), ("split_csv", None), ("seed", 0), ("limit", None),
-            ("view_model", None), ("init_from", None), ("strategy", "default"), ("time_limit", None), ("budget", None)]
+            ("view_model", None), ("init_from", None), ("strategy", "default"), ("time_limit", None), ("budget", None),
+            ("label_smoothing", 0.0), ("ema", None)]
     for key, default in opts:
         v = tc.get(key)
         if v is not None and v != default:

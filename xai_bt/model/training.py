@@ -62,6 +62,8 @@ class TrainConfig:
     focus_masks: str | None = None    # a masked dataset (BRISC 2025): focus-guided training (xai_bt.model.focus)
     focus_weight: float = 1.0         # weight of the outside-the-mask CAM share in the loss
     refit: bool = False               # a final refit: the validation rows join training, the last epoch is kept
+    label_smoothing: float = 0.0      # cross-entropy against (1 - e) one-hot + e / classes (Szegedy et al. 2016)
+    ema: float | None = None          # momentum of an exponential moving average of the weights, which is kept
     preprocessing: dict[str, Any] = field(default_factory=dict)
 
 
@@ -235,6 +237,22 @@ def _time_limit_callback(deadline: float, mid_epoch: bool = False):
     return TimeLimit()
 
 
+def classification_loss(label_smoothing: float, n_classes: int):
+    """Sparse cross-entropy on the network's probabilities; with ``label_smoothing`` e, against
+    (1 - e) one-hot + e / classes."""
+    import keras
+
+    if not label_smoothing:
+        return "sparse_categorical_crossentropy"
+    ce = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+
+    def smoothed_sparse_crossentropy(y_true, y_pred):
+        labels = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
+        return ce(keras.ops.one_hot(labels, n_classes), y_pred)
+
+    return smoothed_sparse_crossentropy
+
+
 def _fit_phase(model, train_in, val_in, cfg: TrainConfig, lr: float, epochs: tuple[int, int], steps: int,
                ckpt: Path, strategy, deadline: float | None = None, budget_deadline: float | None = None):
     """Compile and fit one phase (frozen backbone, or fine-tuning) with checkpointing for resume."""
@@ -245,11 +263,13 @@ def _fit_phase(model, train_in, val_in, cfg: TrainConfig, lr: float, epochs: tup
             rate = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, steps * (epochs[1] - epochs[0])))
         else:
             rate = lr
-        optimizer = keras.optimizers.AdamW(rate, weight_decay=cfg.weight_decay)
+        ema = {"use_ema": True, "ema_momentum": cfg.ema} if cfg.ema else {}
+        optimizer = keras.optimizers.AdamW(rate, weight_decay=cfg.weight_decay, **ema)
         if getattr(model, "name", "").startswith("focus_"):   # its train_step has its own loss
             model.compile(optimizer=optimizer)
         else:
-            model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+            model.compile(optimizer=optimizer, loss=classification_loss(cfg.label_smoothing, model.outputs[0].shape[-1]),
+                          metrics=["accuracy"])
 
     if strategy is not None:
         with strategy.scope():
@@ -259,6 +279,8 @@ def _fit_phase(model, train_in, val_in, cfg: TrainConfig, lr: float, epochs: tup
     ckpt.mkdir(parents=True, exist_ok=True)
     callbacks = [
         keras.callbacks.BackupAndRestore(str(ckpt / "backup")),
+        # with an EMA, validation, early stopping and the checkpoints see the averaged weights
+        *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.ema else []),
         keras.callbacks.CSVLogger(str(ckpt / "history.csv"), append=True),
     ]
     if val_in is not None:  # a refit has no validation data: it keeps its last epoch
@@ -295,6 +317,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
     from xai_bt.model.bundle import BUNDLE_FILE, load_model, save_bundle
     from xai_bt.model.card import write_model_card
 
+    if cfg.focus_masks and (cfg.label_smoothing or cfg.ema):
+        raise ValueError("--label-smoothing and --ema are not supported with --focus-masks")
     if cfg.refit and cfg.schedule == "plateau":
         raise ValueError("a refit has no validation loss to watch: use a fixed schedule (--schedule cosine) "
                          "and the number of epochs a run with validation chose")
