@@ -242,7 +242,7 @@ def test_held_out_scans_fit_temperature_and_competence_without_twins_of_the_spli
     out = train(_cfg(tiny_benchmark, tmp_path / "refit", refit=True, schedule="cosine"))
     assert cli.main(["calibrate", str(out), "--data", str(tiny_benchmark)]) == 2   # no 'val' rows
     held = tmp_path / "held_out"
-    for folder in ("glioma", "notumor"):
+    for folder in ("glioma", "meningioma", "notumor", "pituitary"):
         src = sorted((BENCHMARK / "Training" / folder).glob("*.jpg"))[40:44]
         (held / folder).mkdir(parents=True)
         for f in src:
@@ -254,11 +254,30 @@ def test_held_out_scans_fit_temperature_and_competence_without_twins_of_the_spli
     assert cli.main(["calibrate", str(out), "--data", str(tiny_benchmark), "--held-out", str(held)]) == 0
     cal = read_config(out)["calibration"]
     assert cal["held_out"] == str(held) and cal["n_val_twins_left_out"] >= 2
-    assert cal["n_val"] + cal["n_val_twins_left_out"] == 10 and "without twins" in cal["fitted_on"]
+    assert cal["n_val"] + cal["n_val_twins_left_out"] == 18 and "without twins" in cal["fitted_on"]
     assert f"held-out scans under `{held}`" in (out / "MODEL_CARD.md").read_text()
     assert cli.main(["competence", str(out), "--data", str(tiny_benchmark), "--held-out", str(held)]) == 0
     comp = read_config(out)["competence"]
     assert comp["validation"]["n"] == cal["n_val"] and str(held) in comp["fitted_on"]
+    # class biases: stored, shown in the card, and applied by every prediction after the temperature
+    assert cli.main(["calibrate", str(out), "--data", str(tiny_benchmark), "--held-out", str(held),
+                     "--class-bias", "yes", "--overwrite"]) == 0
+    config = read_config(out)
+    assert len(config["class_bias"]) == 4 and config["class_bias"][-1] == 0.0
+    assert config["calibration"]["class_bias"]["kept"] and "bias-corrected" in config["calibration"]["method"]
+    assert "**Class biases**" in (out / "MODEL_CARD.md").read_text()
+    from scipy.special import softmax
+
+    from xai_bt.evaluation.temperature import probabilities_at, raw_logits
+    bundle = load_model(out)
+    x = bundle.prepare([str(p) for p in sorted(SAMPLES.glob("*.jpg"))])
+    logits = raw_logits(bundle, x)
+    expected = softmax(logits["model"] / bundle.temperature + np.asarray(config["class_bias"]), axis=1)
+    assert np.allclose(bundle.predict_prepared(x).probabilities, expected, atol=1e-6)
+    assert np.allclose(probabilities_at(bundle, logits, bundle.temperature, bundle.class_bias), expected)
+    assert cli.main(["calibrate", str(out), "--data", str(tiny_benchmark), "--held-out", str(held),
+                     "--overwrite"]) == 0
+    assert "class_bias" not in read_config(out)   # a plain refit drops them
 
 
 def test_label_smoothing_loss_matches_keras_on_one_hot_labels():

@@ -116,3 +116,25 @@ def test_apply_temperature_one_is_softmax():
     assert np.allclose(cal.apply_temperature(z, 1.0), softmax(z, axis=1))
     with pytest.raises(ValueError):
         cal.apply_temperature(z, 0.0)
+
+
+def test_temperature_and_bias_recover_a_known_shift():
+    """Logits of a calibrated model pushed towards the last class by a known offset: the fitted biases undo
+    the offset (up to the b[-1] = 0 convention), and cross-validation prefers them to T alone."""
+    from xai_bt.evaluation.calibration import cross_validated_bias_gain, fit_temperature_and_bias
+
+    rng = np.random.default_rng(0)
+    n, k = 4000, 4
+    true_logits = rng.normal(0, 2.0, (n, k))
+    p = np.exp(true_logits - true_logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    y = np.array([rng.choice(k, p=row) for row in p])
+    shift = np.array([0.0, 0.0, 0.0, 1.5])
+    t, b = fit_temperature_and_bias(true_logits + shift, y)
+    assert t == pytest.approx(1.0, abs=0.1)
+    assert b - b.mean() == pytest.approx(-(shift - shift.mean()), abs=0.2)
+    assert b[-1] == 0.0
+    cv = cross_validated_bias_gain(true_logits + shift, y)
+    assert cv["temperature_and_bias"] < cv["temperature"]
+    with pytest.raises(ValueError, match="all 4 classes"):
+        fit_temperature_and_bias(true_logits[y < 3], y[y < 3])

@@ -22,6 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fit on the labelled scans under ROOT instead (e.g. ../shared/data/brisc2025 for a model "
                         "refitted on all of Training, which has no validation rows), less the twins of every "
                         "scan of the bundle's split.csv: its training scans and its test scans")
+    p.add_argument("--class-bias", choices=("no", "yes", "auto"), default="no",
+                   help="also fit per-class logit biases (bias-corrected temperature scaling, class-balanced "
+                        "NLL), which can change the predicted class: yes, auto (only if they lower the 5-fold "
+                        "cross-validated NLL of the same scans) or no (default; drops stored biases)")
     p.add_argument("--overwrite", action="store_true", help="refit and replace an existing temperature")
     p.add_argument("--bins", type=int, default=15, help="confidence bins for ECE/MCE (default 15)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -37,7 +41,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         record = calibrate_bundle(args.model, args.data, overwrite=args.overwrite, batch_size=args.batch_size,
                                   n_bins=args.bins, tta=args.tta, train_data=args.train_data,
-                                  held_out=args.held_out)
+                                  held_out=args.held_out, class_bias=args.class_bias)
     except (BundleError, FileExistsError, ValueError, FileNotFoundError) as e:
         return fail(str(e))
     print(f"{args.model}: {record['method']}; test-time augmentation: {record['tta']}")

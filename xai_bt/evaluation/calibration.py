@@ -12,7 +12,7 @@ import warnings
 from typing import Any, Callable
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax, softmax
 
 from xai_bt.evaluation.metrics import check_inputs
@@ -134,6 +134,53 @@ def fit_temperature(logits: Any, y_true: Any, bounds: tuple[float, float] = T_BO
     if z.ndim != 2 or len(z) != len(y):
         raise ValueError(f"logits must be (n, k) with n = len(y_true); got {z.shape} and {len(y)} labels")
     return search_temperature(lambda t: _nll_logits(z / t, y), bounds)
+
+
+def _balanced_nll(z: np.ndarray, y: np.ndarray) -> float:
+    ll = -log_softmax(z, axis=1)[np.arange(len(y)), y]
+    return float(np.mean([ll[y == c].mean() for c in np.unique(y)]))
+
+
+def fit_temperature_and_bias(logits: Any, y_true: Any, bounds: tuple[float, float] = T_BOUNDS
+                             ) -> tuple[float, np.ndarray]:
+    """(T, b): softmax(logits / T + b) minimising the class-balanced NLL, b[-1] = 0 (bias-corrected
+    temperature scaling, Alexandari et al. 2020). Each class present weighs the same, so b corrects the
+    model's systematic leaning towards a class rather than learning the fitting set's class mix.
+    Unlike T alone, b can change the argmax; fit it on validation scans, never the test split."""
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y_true, dtype=np.int64)
+    if z.ndim != 2 or len(z) != len(y):
+        raise ValueError(f"logits must be (n, k) with n = len(y_true); got {z.shape} and {len(y)} labels")
+    k = z.shape[1]
+    if len(np.unique(y)) < k:
+        raise ValueError(f"class biases need scans of all {k} classes; got {len(np.unique(y))}")
+    lo, hi = np.log(bounds)
+
+    def objective(params: np.ndarray) -> float:
+        return _balanced_nll(z / np.exp(params[0]) + np.r_[params[1:], 0.0], y)
+
+    res = minimize(objective, np.zeros(k), method="L-BFGS-B", bounds=[(lo, hi)] + [(-10.0, 10.0)] * (k - 1))
+    return float(np.exp(res.x[0])), np.r_[res.x[1:], 0.0]
+
+
+def cross_validated_bias_gain(logits: Any, y_true: Any, folds: int = 5, seed: int = 0) -> dict[str, float]:
+    """Held-out (k-fold, stratified) class-balanced NLL of temperature alone and of temperature + class
+    biases: whether the biases generalise across the validation scans, or only fit them."""
+    from sklearn.model_selection import StratifiedKFold
+
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y_true, dtype=np.int64)
+    folds = min(folds, int(np.bincount(y).min()))   # every class in every fold's fitting part and held part
+    if folds < 2:
+        raise ValueError("too few scans of some class to cross-validate class biases")
+    t_only, with_bias = [], []
+    for fit_idx, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(z, y):
+        t = fit_temperature(z[fit_idx], y[fit_idx])
+        tb, b = fit_temperature_and_bias(z[fit_idx], y[fit_idx])
+        t_only.append(_balanced_nll(z[held] / t, y[held]) * len(held))
+        with_bias.append(_balanced_nll(z[held] / tb + b, y[held]) * len(held))
+    return {"folds": folds, "temperature": float(sum(t_only) / len(y)),
+            "temperature_and_bias": float(sum(with_bias) / len(y))}
 
 
 def fit_temperature_from_probs(probs: Any, y_true: Any, bounds: tuple[float, float] = T_BOUNDS) -> float:

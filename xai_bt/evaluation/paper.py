@@ -171,7 +171,7 @@ def evaluate_model(model, data: str, name: str | None = None, threshold: float =
     needed = {"single": ["model"], "two_stage": ["model"], "cascade": ["stage1", "stage2"]}[bundle.kind]
     logits = {k: rec.recorded[k] for k in needed if k in rec.recorded}
     if len(logits) != len(needed) or any(len(v) != len(rows) for v in logits.values()) or \
-            np.abs(probabilities_at(bundle, logits, bundle.temperature) - shown).max() > 2e-6:
+            np.abs(probabilities_at(bundle, logits, bundle.temperature, bundle.class_bias) - shown).max() > 2e-6:
         # the bundle did not give us its logits (or not these): one more forward pass
         from xai_bt.data.cache import prepare_samples
         from xai_bt.data.sample import Sample
@@ -183,7 +183,7 @@ def evaluate_model(model, data: str, name: str | None = None, threshold: float =
         logits = raw_logits(bundle, to_model_input(x), batch_size)
         notes.append("logits recomputed in a second forward pass")
     probs = {"raw": probabilities_at(bundle, logits, 1.0),
-             "calibrated": probabilities_at(bundle, logits, bundle.temperature)}
+             "calibrated": probabilities_at(bundle, logits, bundle.temperature, bundle.class_bias)}
     if np.abs(probs["calibrated"] - shown).max() > 2e-6:
         raise RuntimeError("temperature-scaled probabilities do not match evaluate_bundle's; please report")
     free = np.array([bool(r["leakage_free"]) for r in rows])

@@ -45,8 +45,10 @@ def raw_logits(bundle, x: np.ndarray, batch_size: int = 64) -> dict[str, np.ndar
     return {"stage1": run("stage1", x), "stage2": run("stage2", x)}
 
 
-def probabilities_at(bundle, logits: dict[str, np.ndarray], temperature: float) -> np.ndarray:
-    """Class probabilities at temperature T from :func:`raw_logits`, as `Bundle.predict_prepared` gives them."""
+def probabilities_at(bundle, logits: dict[str, np.ndarray], temperature: float,
+                     bias: np.ndarray | None = None) -> np.ndarray:
+    """Class probabilities at temperature T (plus class biases ``bias``, single and two-stage models) from
+    :func:`raw_logits`, as `Bundle.predict_prepared` gives them."""
     from scipy.special import softmax
 
     from xai_bt.model.bundle import combine_cascade
@@ -54,7 +56,9 @@ def probabilities_at(bundle, logits: dict[str, np.ndarray], temperature: float) 
     if temperature <= 0:
         raise ValueError("temperature must be positive")
     if bundle.kind != "cascade":
-        return softmax(logits["model"] / temperature, axis=1)
+        return softmax(logits["model"] / temperature + (0.0 if bias is None else bias), axis=1)
+    if bias is not None:
+        raise ValueError("class biases are fitted for single and two-stage models, not cascades")
     return combine_cascade(softmax(logits["stage1"] / temperature, axis=1),
                            softmax(logits["stage2"] / temperature, axis=1),
                            bundle.config["stage1_classes"], bundle.config["stage2_classes"], bundle.class_names)
@@ -182,12 +186,17 @@ def _summary(report: dict[str, Any]) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------- main
 def calibrate_bundle(model, data: str | os.PathLike, overwrite: bool = False, batch_size: int = 64,
                      n_bins: int = 15, tta: str | None = None, twin_free: bool = True,
-                     train_data: str | None = None, held_out: str | os.PathLike | None = None) -> dict[str, Any]:
+                     train_data: str | None = None, held_out: str | os.PathLike | None = None,
+                     class_bias: str = "no") -> dict[str, Any]:
     """Fit T on the bundle's validation rows (those with no twin among its training rows unless
     ``twin_free`` is False), store ``temperature`` and ``calibration`` in bundle.json. An imported model
     has no split.csv: ``data`` is then a folder of held-out validation scans, less the twins of the scans
     under ``train_data`` (what it learnt from) when given. ``held_out``: fit on the scans there instead
     (a refit has no validation rows), less the twins of every scan of its split.csv.
+
+    ``class_bias``: "yes" fits T with per-class logit biases instead (class-balanced NLL:
+    `calibration.fit_temperature_and_bias`); "auto" keeps them only when they lower the 5-fold
+    cross-validated class-balanced NLL of the same scans; "no" (default) fits T alone and drops old biases.
 
     ``tta`` ("none" or "hflip") sets the bundle's test-time augmentation first, so T is fitted on the
     logits the bundle will actually produce (the two are stored together).
@@ -225,12 +234,36 @@ def calibrate_bundle(model, data: str | os.PathLike, overwrite: bool = False, ba
         raise ValueError(f"{held_out or data}: {len(keep)} usable validation scans; too few to fit a temperature")
     y = y[keep]
     logits = raw_logits(bundle, to_model_input(x[keep]), batch_size)
+    if class_bias not in ("no", "yes", "auto"):
+        raise ValueError(f"class_bias must be no, yes or auto, got {class_bias!r}")
+    if class_bias != "no" and bundle.kind == "cascade":
+        raise ValueError(f"{bundle.path}: class biases are fitted for single and two-stage models, not cascades")
     t = fit_bundle_temperature(bundle, logits, y)     # warns when T sits on a bound of T_BOUNDS
+    bias, bias_record = None, None
+    if class_bias != "no":
+        from xai_bt.evaluation.calibration import cross_validated_bias_gain, fit_temperature_and_bias
+
+        try:
+            cv = cross_validated_bias_gain(logits["model"], y)
+        except ValueError:     # too few scans of a class: "auto" cannot tell, so keeps T alone
+            cv = None
+        keep_bias = class_bias == "yes" or (cv is not None and cv["temperature_and_bias"] < cv["temperature"])
+        tb, b = fit_temperature_and_bias(logits["model"], y)
+        bias_record = {"kept": bool(keep_bias), "asked": class_bias,
+                       "values": {c: float(v) for c, v in zip(bundle.class_names, b)},
+                       "temperature_with_bias": tb,
+                       "cross_validated_balanced_nll": cv,
+                       "rule": "kept when asked (yes), or (auto) when it lowers the k-fold (k <= 5) cross-validated "
+                               "class-balanced NLL of the fitting scans"}
+        if keep_bias:
+            t, bias = tb, b
     before = calibration_report(y, probabilities_at(bundle, logits, 1.0), n_bins)
-    after = calibration_report(y, probabilities_at(bundle, logits, t), n_bins)
+    after = calibration_report(y, probabilities_at(bundle, logits, t, bias), n_bins)
     record = {
         "temperature": t,
-        "method": "temperature scaling (Guo et al. 2017): T minimising the validation NLL"
+        "method": ("bias-corrected temperature scaling (Alexandari et al. 2020): T and per-class logit biases "
+                   "minimising the class-balanced validation NLL" if bias is not None else
+                   "temperature scaling (Guo et al. 2017): T minimising the validation NLL")
                   + ("; one T shared by both cascade stages" if bundle.kind == "cascade" else ""),
         "fitted_on": fitted_on,
         "tta": bundle.tta,
@@ -245,8 +278,14 @@ def calibrate_bundle(model, data: str | os.PathLike, overwrite: bool = False, ba
     }
     if held_out is not None:
         record["held_out"] = str(held_out)
+    if bias_record is not None:
+        record["class_bias"] = bias_record
     if old is not None:
         record["replaced_temperature"] = bundle.temperature
+    if bias is not None:
+        bundle.config["class_bias"] = [float(v) for v in bias]
+    else:
+        bundle.config.pop("class_bias", None)
     bundle.config["temperature"] = t
     bundle.config["calibration"] = record
     write_config(bundle.path, bundle.config)
@@ -267,4 +306,12 @@ def format_record(record: dict[str, Any]) -> str:
     for name, r in (("before (T=1)", b), ("after", a)):
         lines.append(f"  {name:12s} {r['nll']:8.4f} {r['ece']:8.4f} {r['mce']:8.4f} {r['brier']:8.4f} "
                      f"{r['accuracy']:9.4f} {r['mean_confidence']:11.4f}")
+    cb = record.get("class_bias")
+    if cb:
+        cv = cb["cross_validated_balanced_nll"]
+        lines.append(f"class biases {'kept' if cb['kept'] else 'not kept'}: "
+                     + ", ".join(f"{c} {v:+.3f}" for c, v in cb["values"].items())
+                     + (f"; {cv['folds']}-fold cross-validated class-balanced NLL {cv['temperature']:.4f} with T "
+                        f"alone, {cv['temperature_and_bias']:.4f} with the biases" if cv else
+                        "; too few scans per class to cross-validate them"))
     return "\n".join(lines)

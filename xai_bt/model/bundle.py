@@ -97,6 +97,13 @@ class Bundle:
         return float(self.config.get("temperature", 1.0))
 
     @property
+    def class_bias(self) -> np.ndarray | None:
+        """Per-class logit offsets added after the temperature (bias-corrected temperature scaling, fitted
+        on validation by `calibrate --class-bias`), or None."""
+        b = self.config.get("class_bias")
+        return None if b is None else np.asarray(b, np.float64)
+
+    @property
     def tta(self) -> str:
         """Test-time augmentation applied to every prediction: "none" or "hflip" (logits averaged over
         the scan and its left-right mirror). Heatmaps explain the un-flipped pass."""
@@ -165,14 +172,15 @@ class Bundle:
         (the view-feature ablations; explain passes the ones it computed). `known_logits`: network ->
         its raw logits on `x` (un-augmented), already computed by a gradient pass, so not run again."""
         t = self.temperature if calibrated else 1.0
+        bias = self.class_bias if calibrated and self.class_bias is not None else 0.0
         known = known_logits or {}
         if self.kind == "single":
-            probs = softmax(self.network_logits("model", x, batch_size, known.get("model")) / t, axis=1)
+            probs = softmax(self.network_logits("model", x, batch_size, known.get("model")) / t + bias, axis=1)
             return Prediction(probs, self.class_names)
         if self.kind == "two_stage":
             view_probs = run_network(self.networks["view"], x, batch_size)
             vv = self.view_features(x, batch_size) if view_vectors is None else view_vectors
-            probs = softmax(self.network_logits("model", [x, vv], batch_size, known.get("model")) / t, axis=1)
+            probs = softmax(self.network_logits("model", [x, vv], batch_size, known.get("model")) / t + bias, axis=1)
             return Prediction(probs, self.class_names, view_probs, self.view_names)
         # cascade: P(no_tumor) from stage 1, tumor types share the rest in stage 2's proportions
         p_tumor = softmax(self.network_logits("stage1", x, batch_size, known.get("stage1")) / t, axis=1)

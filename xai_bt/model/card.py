@@ -61,6 +61,10 @@ def render_model_card(config: dict[str, Any]) -> str:
               "input is grayscale in [0, 255], backbone scaling is inside the network",
               f"- **Last conv layer** (default CAM layer): `{config['last_conv_layer']}`",
               f"- **Temperature** (calibration): {config.get('temperature', 1.0):.4g}{_calibration_note(config)}",
+              *(["- **Class biases** (added to the logits after the temperature; fitted on the same scans, "
+                 "class-balanced NLL; they can change the predicted class): "
+                 + ", ".join(f"{c} {v:+.3f}" for c, v in zip(config["class_names"], config["class_bias"]))]
+                if config.get("class_bias") else []),
               f"- **Test-time augmentation**: {config.get('tta', 'none')}"
               + (" (logits averaged over the scan and its left-right mirror; heatmaps explain the "
                  "un-flipped pass)" if config.get("tta") == "hflip" else "")]
