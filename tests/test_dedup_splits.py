@@ -21,6 +21,7 @@ from xai_bt.data.splits import (
     read_split_csv,
     split_groups,
     split_training,
+    split_training_apart_from,
     write_split_csv,
 )
 from xai_bt.data.twins import (
@@ -266,6 +267,27 @@ def test_make_split_keeps_groups_and_patients_whole_and_classes_balanced():
     assert set(train_val) == {"train", "val"} and abs(train_val.count("val") / len(samples) - 0.2) < 0.05
     with pytest.raises(ValueError):
         make_split(samples, (0.7, 0.2, 0.2))
+
+
+def test_validation_apart_from_pinned_groups():
+    """Groups holding a pinned scan (a twin of a test scan) stay in train, whole; validation still gets
+    about its share of all scans, from the other groups only."""
+    samples = synthetic_dataset()
+    groups = split_groups(samples)
+    pinned_groups = set(sorted(set(groups.tolist()))[::3])          # a third of the groups
+    first = {}
+    for i, g in enumerate(groups.tolist()):
+        first.setdefault(g, i)
+    keep = [i == first[g] and g in pinned_groups for i, g in enumerate(groups.tolist())]  # one scan per group
+    parts = split_training_apart_from(samples, keep, val_fraction=0.15, seed=0)
+    assert all(p == "train" for p, g in zip(parts, groups.tolist()) if g in pinned_groups)
+    sides: dict = {}
+    for g, p in zip(groups.tolist(), parts):
+        sides.setdefault(g, set()).add(p)
+    assert all(len(v) == 1 for v in sides.values())
+    assert abs(parts.count("val") / len(samples) - 0.15) < 0.04
+    with pytest.raises(ValueError, match="no validation"):
+        split_training_apart_from(samples, [True] * len(samples))
 
 
 def test_split_csv_roundtrip_and_refuses_overwrite(tmp_path):

@@ -39,6 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a final refit: train on the validation rows too, for --epochs (those a run with "
                         "validation chose), and keep the last epoch; needs --schedule cosine. Calibrate and "
                         "fit the competence checks on held-out scans then (--held-out)")
+    p.add_argument("--val-apart-from-test", action="store_true",
+                   help="carve validation only from the training scans with no twin (mirror-aware) among the "
+                        "test scans, and keep every twin of a test scan in training: validation and test are then "
+                        "independent, and the official test keeps the twins the published protocol trains on")
     p.add_argument("--split", dest="split_csv", help="split CSV from `data audit --write-split`")
     p.add_argument("--crop-to-head", default="yes", choices=["yes", "no"])
     p.add_argument("--denoise", choices=["median", "gaussian", "nlmeans"])
@@ -70,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
         augment=not args.no_augment, val_fraction=args.val_fraction, split_csv=args.split_csv, seed=args.seed,
         limit=args.limit, time_limit=args.time_limit, budget=args.budget, view_model=args.view_model, init_from=args.init_from, strategy=args.strategy,
         focus_masks=args.focus_masks, focus_weight=args.focus_weight, refit=args.refit,
-        label_smoothing=args.label_smoothing, ema=args.ema,
+        label_smoothing=args.label_smoothing, ema=args.ema, val_apart_from_test=args.val_apart_from_test,
         preprocessing={"image_size": args.image_size, "crop_to_head": args.crop_to_head == "yes",
                        "denoise": args.denoise, "intensity": args.intensity},
     )

@@ -141,6 +141,26 @@ def split_training(samples: Sequence[Sample], val_fraction: float = 0.15, thresh
                         ("train", "val"), seed)
 
 
+def split_training_apart_from(samples: Sequence[Sample], keep_in_train: Sequence[bool], val_fraction: float = 0.15,
+                              threshold: float = TWIN_THRESHOLD, seed: int = 0, *,
+                              cache_dir: str | Path | None = None) -> list[str]:
+    """Like :func:`split_training`, but every twin group holding a scan marked in ``keep_in_train`` (e.g. the
+    twins of the test scans) stays in train, and validation (about ``val_fraction`` of all samples) is
+    carved from the other groups: validation then shares no twin with the test set, so choices made on it
+    are not choices made on test scans."""
+    groups = np.asarray(split_groups(samples, threshold, cache_dir=cache_dir))
+    pinned = {int(g) for g, k in zip(groups, keep_in_train) if k}
+    free = [i for i, g in enumerate(groups) if int(g) not in pinned]
+    out = ["train"] * len(samples)
+    if not free:
+        raise ValueError("every training scan is in a twin group pinned to train; no validation can be carved")
+    fraction = min(1.0, val_fraction * len(samples) / len(free))
+    for i, part in zip(free, _group_split([samples[i].label for i in free], groups[free], (1 - fraction, fraction),
+                                          ("train", "val"), seed)):
+        out[i] = part
+    return out
+
+
 def write_split_csv(path: str | Path, samples: Sequence[Sample], splits: Sequence[str], groups: Sequence[int],
                     overwrite: bool = False, root: str | Path | None = None) -> Path:
     """Write `path,label,split,group,patient_id,plane` rows; refuses to replace an existing file unless

@@ -17,6 +17,8 @@ def _validation_note(tr: dict[str, Any], tc: dict[str, Any], calibrated: bool) -
         how = f"the split of `{tc['split_csv']}`"
     elif recorded:
         how = f"validation carved out by twin group ({describe_twins(tc.get('dedup_threshold', TWIN_THRESHOLD), recorded)})"
+        if tc.get("val_apart_from_test"):
+            how += ", only from groups with no twin among the test scans (those stay in training)"
     else:
         how = f"validation carved out by near-duplicate group at r >= {tc.get('dedup_threshold')}"
     if tc.get("refit"):
@@ -165,6 +167,8 @@ def training_command(tc: dict[str, Any]) -> str:
         parts.append(f"--focus-masks {tc['focus_masks']} --focus-weight {tc.get('focus_weight', 1.0):g}")
     if tc.get("refit"):
         parts.append("--refit")
+    if tc.get("val_apart_from_test"):
+        parts.append("--val-apart-from-test")
     if not tc.get("augment", True):
         parts.append("--no-augment")
     if pre:

@@ -62,6 +62,7 @@ class TrainConfig:
     focus_masks: str | None = None    # a masked dataset (BRISC 2025): focus-guided training (xai_bt.model.focus)
     focus_weight: float = 1.0         # weight of the outside-the-mask CAM share in the loss
     refit: bool = False               # a final refit: the validation rows join training, the last epoch is kept
+    val_apart_from_test: bool = False  # validation carved only from twin groups with no twin among the test scans
     label_smoothing: float = 0.0      # cross-entropy against (1 - e) one-hot + e / classes (Szegedy et al. 2016)
     ema: float | None = None          # momentum of an exponential moving average of the weights, which is kept
     preprocessing: dict[str, Any] = field(default_factory=dict)
@@ -104,8 +105,15 @@ def _assign_splits(samples: Sequence[Sample], cfg: TrainConfig) -> list[str]:
     if any(s.split == "test" for s in samples) and any(s.split == "train" for s in samples):
         # the dataset's own split: test as published, validation carved out of train
         train_idx = [i for i, s in enumerate(samples) if s.split == "train"]
-        sub = splits.split_training([samples[i] for i in train_idx], val_fraction=cfg.val_fraction,
-                                    threshold=cfg.dedup_threshold, seed=cfg.seed)
+        if cfg.val_apart_from_test:
+            train_part = [samples[i] for i in train_idx]
+            test_part = [s for s in samples if s.split == "test"]
+            twin_of_test = [not f for f in splits.leakage_free(train_part, test_part, cfg.dedup_threshold)]
+            sub = splits.split_training_apart_from(train_part, twin_of_test, val_fraction=cfg.val_fraction,
+                                                   threshold=cfg.dedup_threshold, seed=cfg.seed)
+        else:
+            sub = splits.split_training([samples[i] for i in train_idx], val_fraction=cfg.val_fraction,
+                                        threshold=cfg.dedup_threshold, seed=cfg.seed)
         out = ["test" if s.split == "test" else "unused" for s in samples]
         for i, part in zip(train_idx, sub):
             out[i] = part
