@@ -19,13 +19,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-data", help="an imported model's training scans: validation scans with a twin "
                                         "among them are left out")
     p.add_argument("--held-out", metavar="ROOT",
-                   help="fit on the labelled scans under ROOT instead (e.g. ../shared/data/brisc2025 for a model "
-                        "refitted on all of Training, which has no validation rows), less the twins of every "
-                        "scan of the bundle's split.csv: its training scans and its test scans")
+                   help="fit on the labelled scans under ROOT instead (for a model refitted on all its training "
+                        "data, which has no validation rows), less the twins of every scan of the bundle's "
+                        "split.csv: its training scans and its test scans")
     p.add_argument("--class-bias", choices=("no", "yes", "auto"), default="no",
                    help="also fit per-class logit biases (bias-corrected temperature scaling, class-balanced "
-                        "NLL), which can change the predicted class: yes, auto (only if they lower the 5-fold "
-                        "cross-validated NLL of the same scans) or no (default; drops stored biases)")
+                        "NLL), which can change the predicted class: yes, auto (only if they lower the k-fold, "
+                        "k <= 5, cross-validated NLL of the same scans) or no (default; drops stored biases)")
     p.add_argument("--overwrite", action="store_true", help="refit and replace an existing temperature")
     p.add_argument("--bins", type=int, default=15, help="confidence bins for ECE/MCE (default 15)")
     p.add_argument("--batch-size", type=int, default=64)

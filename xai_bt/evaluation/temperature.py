@@ -160,7 +160,7 @@ def held_out_samples(bundle, data: str | os.PathLike, held_out: str | os.PathLik
 
 def fitting_samples(bundle, data: str | os.PathLike, held_out: str | os.PathLike | None = None,
                     train_data: str | None = None, twin_free: bool = True) -> tuple[list, list[str], int, str]:
-    """The scans a temperature, a TTA choice or a competence threshold is fitted on, and where they came from:
+    """The scans a temperature, its class biases and the TTA choice are fitted on, and where they came from:
     the twin-free scans under ``held_out`` when given; an imported model's declared validation folder; else
     the split.csv rows with split 'val' (less twins of its 'train' rows)."""
     from xai_bt.model.provenance import split_table
@@ -195,7 +195,7 @@ def calibrate_bundle(model, data: str | os.PathLike, overwrite: bool = False, ba
     (a refit has no validation rows), less the twins of every scan of its split.csv.
 
     ``class_bias``: "yes" fits T with per-class logit biases instead (class-balanced NLL:
-    `calibration.fit_temperature_and_bias`); "auto" keeps them only when they lower the 5-fold
+    `calibration.fit_temperature_and_bias`); "auto" keeps them only when they lower the k-fold (k <= 5)
     cross-validated class-balanced NLL of the same scans; "no" (default) fits T alone and drops old biases.
 
     ``tta`` ("none" or "hflip") sets the bundle's test-time augmentation first, so T is fitted on the
@@ -220,6 +220,10 @@ def calibrate_bundle(model, data: str | os.PathLike, overwrite: bool = False, ba
     if (old is not None or bundle.temperature != 1.0) and not overwrite:
         raise CalibrationExists(f"{bundle.path}: already calibrated (temperature {bundle.temperature:.4g}); "
                                 "pass overwrite=True (--overwrite) to refit it")
+    if class_bias not in ("no", "yes", "auto"):
+        raise ValueError(f"class_bias must be no, yes or auto, got {class_bias!r}")
+    if class_bias != "no" and bundle.kind == "cascade":
+        raise ValueError(f"{bundle.path}: class biases are fitted for single and two-stage models, not cascades")
     if tta is not None:
         bundle.config["tta"] = tta
         bundle.tta  # validates the mode
@@ -234,10 +238,6 @@ def calibrate_bundle(model, data: str | os.PathLike, overwrite: bool = False, ba
         raise ValueError(f"{held_out or data}: {len(keep)} usable validation scans; too few to fit a temperature")
     y = y[keep]
     logits = raw_logits(bundle, to_model_input(x[keep]), batch_size)
-    if class_bias not in ("no", "yes", "auto"):
-        raise ValueError(f"class_bias must be no, yes or auto, got {class_bias!r}")
-    if class_bias != "no" and bundle.kind == "cascade":
-        raise ValueError(f"{bundle.path}: class biases are fitted for single and two-stage models, not cascades")
     t = fit_bundle_temperature(bundle, logits, y)     # warns when T sits on a bound of T_BOUNDS
     bias, bias_record = None, None
     if class_bias != "no":

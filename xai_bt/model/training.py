@@ -105,14 +105,14 @@ def _assign_splits(samples: Sequence[Sample], cfg: TrainConfig) -> list[str]:
     if any(s.split == "test" for s in samples) and any(s.split == "train" for s in samples):
         # the dataset's own split: test as published, validation carved out of train
         train_idx = [i for i, s in enumerate(samples) if s.split == "train"]
+        train_part = [samples[i] for i in train_idx]
         if cfg.val_apart_from_test:
-            train_part = [samples[i] for i in train_idx]
             test_part = [s for s in samples if s.split == "test"]
             twin_of_test = [not f for f in splits.leakage_free(train_part, test_part, cfg.dedup_threshold)]
             sub = splits.split_training_apart_from(train_part, twin_of_test, val_fraction=cfg.val_fraction,
                                                    threshold=cfg.dedup_threshold, seed=cfg.seed)
         else:
-            sub = splits.split_training([samples[i] for i in train_idx], val_fraction=cfg.val_fraction,
+            sub = splits.split_training(train_part, val_fraction=cfg.val_fraction,
                                         threshold=cfg.dedup_threshold, seed=cfg.seed)
         out = ["test" if s.split == "test" else "unused" for s in samples]
         for i, part in zip(train_idx, sub):
