@@ -172,8 +172,8 @@ class Bundle:
         (the view-feature ablations; explain passes the ones it computed). `known_logits`: network ->
         its raw logits on `x` (un-augmented), already computed by a gradient pass, so not run again."""
         t = self.temperature if calibrated else 1.0
-        bias = self.class_bias if calibrated else None
-        bias = 0.0 if bias is None else bias
+        stored = self.class_bias if calibrated else None
+        bias = 0.0 if stored is None else stored
         known = known_logits or {}
         if self.kind == "single":
             probs = softmax(self.network_logits("model", x, batch_size, known.get("model")) / t + bias, axis=1)
