@@ -303,3 +303,16 @@ def test_ema_and_label_smoothing_train_and_are_recorded(tiny_benchmark, tmp_path
     assert load_model(out).predict([str(SAMPLES / "glioma.jpg")]).probabilities.shape == (1, 4)
     with pytest.raises(ValueError, match="not supported with --focus-masks"):
         train(_cfg(tiny_benchmark, tmp_path / "x", ema=0.9, focus_masks=str(tiny_benchmark)))
+
+
+def test_mixup_and_cutmix_train_on_soft_labels_and_are_recorded(tiny_benchmark, tmp_path):
+    out = train(_cfg(tiny_benchmark, tmp_path / "mix", epochs=1, mixup=0.2, cutmix=1.0, label_smoothing=0.1))
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "--mixup 0.2" in card and "--cutmix 1.0" in card
+    history = (out / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"accuracy", "val_accuracy", "val_loss"} <= set(history)
+    assert load_model(out).predict([str(SAMPLES / "glioma.jpg")]).probabilities.shape == (1, 4)
+    with pytest.raises(ValueError, match="Beta alpha >= 0"):
+        train(_cfg(tiny_benchmark, tmp_path / "neg", mixup=-0.5))
+    with pytest.raises(ValueError, match="not supported with --focus-masks"):
+        train(_cfg(tiny_benchmark, tmp_path / "f", cutmix=1.0, focus_masks=str(tiny_benchmark)))

@@ -33,6 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema", type=float, metavar="MOMENTUM",
                    help="keep an exponential moving average of the weights (e.g. 0.999): validation, "
                         "checkpoints and the saved model use the averaged weights")
+    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="MixUp: blend each batch with itself reversed, lam ~ Beta(ALPHA, ALPHA), labels alike "
+                        "(e.g. 0.2; default 0: off)")
+    p.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA",
+                   help="CutMix: paste a box of the reversed batch, about 1 - lam of the scan, labels by area "
+                        "(e.g. 1.0; default 0: off); with --mixup too, each batch gets one of the two")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--refit", action="store_true",
@@ -74,7 +80,8 @@ def main(args: argparse.Namespace) -> int:
         augment=not args.no_augment, val_fraction=args.val_fraction, split_csv=args.split_csv, seed=args.seed,
         limit=args.limit, time_limit=args.time_limit, budget=args.budget, view_model=args.view_model, init_from=args.init_from, strategy=args.strategy,
         focus_masks=args.focus_masks, focus_weight=args.focus_weight, refit=args.refit,
-        label_smoothing=args.label_smoothing, ema=args.ema, val_apart_from_test=args.val_apart_from_test,
+        label_smoothing=args.label_smoothing, ema=args.ema, mixup=args.mixup, cutmix=args.cutmix,
+        val_apart_from_test=args.val_apart_from_test,
         preprocessing={"image_size": args.image_size, "crop_to_head": args.crop_to_head == "yes",
                        "denoise": args.denoise, "intensity": args.intensity},
     )

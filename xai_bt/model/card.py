@@ -157,7 +157,7 @@ def training_command(tc: dict[str, Any]) -> str:
             ("freeze_epochs", 0), ("weights", None), ("schedule", "plateau"), ("patience", 6),
             ("dropout", None), ("val_fraction", 0.15), ("split_csv", None), ("seed", 0), ("limit", None),
             ("view_model", None), ("init_from", None), ("strategy", "default"), ("time_limit", None), ("budget", None),
-            ("label_smoothing", 0.0), ("ema", None)]
+            ("label_smoothing", 0.0), ("ema", None), ("mixup", 0.0), ("cutmix", 0.0)]
     for key, default in opts:
         v = tc.get(key)
         if v is not None and v != default:

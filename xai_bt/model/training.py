@@ -65,6 +65,8 @@ class TrainConfig:
     val_apart_from_test: bool = False  # validation carved only from twin groups with no twin among the test scans
     label_smoothing: float = 0.0      # cross-entropy against (1 - e) one-hot + e / classes (Szegedy et al. 2016)
     ema: float | None = None          # momentum of an exponential moving average of the weights, which is kept
+    mixup: float = 0.0                # MixUp's Beta alpha (0: off); soft labels (xai_bt.model.mixing)
+    cutmix: float = 0.0               # CutMix's Beta alpha (0: off); with both, each batch gets one of the two
     preprocessing: dict[str, Any] = field(default_factory=dict)
 
 
@@ -191,9 +193,12 @@ def get_strategy(name: str):
 
 
 def make_input(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int,
-               extra: np.ndarray | None = None, masks: np.ndarray | None = None):
+               extra: np.ndarray | None = None, masks: np.ndarray | None = None, *, n_classes: int = 0,
+               mixup: float = 0.0, cutmix: float = 0.0, one_hot: bool = False):
     """tf.data pipeline (uint8 pixels cast to float on the fly) or, without TensorFlow, numpy arrays.
-    `masks` (N, S, S) uint8: focus-guided training's tumor masks, batched as ((scan, mask), label)."""
+    `masks` (N, S, S) uint8: focus-guided training's tumor masks, batched as ((scan, mask), label).
+    `mixup` / `cutmix` (alphas, with `n_classes`): MixUp / CutMix batches with soft one-hot labels
+    (:mod:`xai_bt.model.mixing`); `one_hot`: one-hot labels unmixed (the validation data of such a run)."""
     import keras
 
     if masks is not None:
@@ -221,7 +226,16 @@ def make_input(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, see
             return (tf.cast(f[0], tf.float32)[..., None], f[1]), label
         return tf.cast(f, tf.float32)[..., None], label
 
-    return ds.batch(batch_size).map(cast, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE), None
+    ds = ds.batch(batch_size).map(cast, num_parallel_calls=tf.data.AUTOTUNE)
+    if mixup or cutmix:
+        from xai_bt.model.mixing import mix_batches
+
+        if extra is not None:
+            raise ValueError("MixUp / CutMix train single-input networks only (not a two-stage model)")
+        ds = mix_batches(ds, n_classes, mixup, cutmix, seed)
+    elif one_hot:
+        ds = ds.map(lambda f, label: (f, tf.one_hot(tf.cast(tf.reshape(label, [-1]), tf.int32), n_classes)))
+    return ds.prefetch(tf.data.AUTOTUNE), None
 
 
 # --- the run -------------------------------------------------------------------------------------------
@@ -245,11 +259,13 @@ def _time_limit_callback(deadline: float, mid_epoch: bool = False):
     return TimeLimit()
 
 
-def classification_loss(label_smoothing: float, n_classes: int):
+def classification_loss(label_smoothing: float, n_classes: int, dense: bool = False):
     """Sparse cross-entropy on the network's probabilities; with ``label_smoothing`` e, against
-    (1 - e) one-hot + e / classes."""
+    (1 - e) one-hot + e / classes. ``dense``: labels come one-hot or soft (MixUp / CutMix)."""
     import keras
 
+    if dense:
+        return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
     if not label_smoothing:
         return "sparse_categorical_crossentropy"
     ce = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
@@ -276,8 +292,10 @@ def _fit_phase(model, train_in, val_in, cfg: TrainConfig, lr: float, epochs: tup
         if getattr(model, "name", "").startswith("focus_"):   # its train_step has its own loss
             model.compile(optimizer=optimizer)
         else:
-            model.compile(optimizer=optimizer, loss=classification_loss(cfg.label_smoothing, model.outputs[0].shape[-1]),
-                          metrics=["accuracy"])
+            dense = bool(cfg.mixup or cfg.cutmix)  # soft labels: categorical loss and accuracy
+            model.compile(optimizer=optimizer,
+                          loss=classification_loss(cfg.label_smoothing, model.outputs[0].shape[-1], dense),
+                          metrics=[keras.metrics.CategoricalAccuracy(name="accuracy") if dense else "accuracy"])
 
     if strategy is not None:
         with strategy.scope():
@@ -325,8 +343,13 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
     from xai_bt.model.bundle import BUNDLE_FILE, load_model, save_bundle
     from xai_bt.model.card import write_model_card
 
-    if cfg.focus_masks and (cfg.label_smoothing or cfg.ema):
-        raise ValueError("--label-smoothing and --ema are not supported with --focus-masks")
+    if cfg.focus_masks and (cfg.label_smoothing or cfg.ema or cfg.mixup or cfg.cutmix):
+        raise ValueError("--label-smoothing, --ema, --mixup and --cutmix are not supported with --focus-masks")
+    if (cfg.mixup or cfg.cutmix) and (cfg.view_model or keras.backend.backend() != "tensorflow"):
+        raise ValueError("--mixup / --cutmix mix the tf.data batches of a single-input network: they need the "
+                         "TensorFlow backend and no --view-model")
+    if cfg.mixup < 0 or cfg.cutmix < 0:
+        raise ValueError(f"--mixup and --cutmix take a Beta alpha >= 0, got {cfg.mixup} and {cfg.cutmix}")
     if cfg.refit and cfg.schedule == "plateau":
         raise ValueError("a refit has no validation loss to watch: use a fixed schedule (--schedule cosine) "
                          "and the number of epochs a run with validation chose")
@@ -413,9 +436,11 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
 
         def data(part: str, shuffle: bool):
             ii = np.array(keep[part])
+            mixing = {"mixup": cfg.mixup, "cutmix": cfg.cutmix} if part == "train" else {}
             return make_input(x_all[ii], y_stage[ii], batch, shuffle, cfg.seed,
                               None if extra is None else extra[ii],
-                              masks_all[ii] if focus is not None and part == "train" else None)
+                              masks_all[ii] if focus is not None and part == "train" else None,
+                              n_classes=len(stage_classes), one_hot=bool(cfg.mixup or cfg.cutmix), **mixing)
 
         train_in = data("train", True)
         val_in = None
