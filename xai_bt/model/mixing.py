@@ -51,6 +51,13 @@ def cutmix(x, y, alpha: float, seed):
     return mixed, kept * y + (1 - kept) * y[::-1]
 
 
+def one_hot_labels(label, n_classes: int, dtype="float32"):
+    """Sparse labels of a batch, (B,) or (B, 1), as (B, n_classes) one-hot rows."""
+    import tensorflow as tf
+
+    return tf.one_hot(tf.cast(tf.reshape(label, [-1]), tf.int32), n_classes, dtype=dtype)
+
+
 def mix_batches(ds, n_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, seed: int = 0):
     """Map a batched ``(x float, sparse label)`` tf.data pipeline to mixed ``(x, soft one-hot label)``
     batches. With both alphas set, each batch gets MixUp or CutMix with equal chance; the draws are new
@@ -65,7 +72,7 @@ def mix_batches(ds, n_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: floa
 
     def mix(pair, seed_pair):
         x, label = pair
-        y = tf.one_hot(tf.cast(tf.reshape(label, [-1]), tf.int32), n_classes, dtype=x.dtype)
+        y = one_hot_labels(label, n_classes, x.dtype)
         s = tf.random.experimental.stateless_split(tf.cast(seed_pair, tf.int64), 2)
         if mixup_alpha and cutmix_alpha:
             use_cut = tf.random.stateless_uniform([], s[0]) < 0.5

@@ -227,14 +227,14 @@ def make_input(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, see
         return tf.cast(f, tf.float32)[..., None], label
 
     ds = ds.batch(batch_size).map(cast, num_parallel_calls=tf.data.AUTOTUNE)
-    if mixup or cutmix:
-        from xai_bt.model.mixing import mix_batches
+    from xai_bt.model.mixing import mix_batches, one_hot_labels
 
+    if mixup or cutmix:
         if extra is not None:
             raise ValueError("MixUp / CutMix train single-input networks only (not a two-stage model)")
         ds = mix_batches(ds, n_classes, mixup, cutmix, seed)
     elif one_hot:
-        ds = ds.map(lambda f, label: (f, tf.one_hot(tf.cast(tf.reshape(label, [-1]), tf.int32), n_classes)))
+        ds = ds.map(lambda f, label: (f, one_hot_labels(label, n_classes)))
     return ds.prefetch(tf.data.AUTOTUNE), None
 
 
