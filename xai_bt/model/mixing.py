@@ -58,14 +58,19 @@ def one_hot_labels(label, n_classes: int, dtype="float32"):
     return tf.one_hot(tf.cast(tf.reshape(label, [-1]), tf.int32), n_classes, dtype=dtype)
 
 
+def check_alphas(mixup_alpha: float, cutmix_alpha: float) -> None:
+    """Raise ValueError unless both Beta alphas are >= 0 (0: that mixing is off)."""
+    if mixup_alpha < 0 or cutmix_alpha < 0:
+        raise ValueError(f"MixUp and CutMix take a Beta alpha >= 0, got {mixup_alpha} and {cutmix_alpha}")
+
+
 def mix_batches(ds, n_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, seed: int = 0):
     """Map a batched ``(x float, sparse label)`` tf.data pipeline to mixed ``(x, soft one-hot label)``
     batches. With both alphas set, each batch gets MixUp or CutMix with equal chance; the draws are new
     each epoch but repeat from run to run for one seed."""
     import tensorflow as tf
 
-    if mixup_alpha < 0 or cutmix_alpha < 0:
-        raise ValueError(f"MixUp and CutMix alphas must be >= 0, got {mixup_alpha} and {cutmix_alpha}")
+    check_alphas(mixup_alpha, cutmix_alpha)
     if not (mixup_alpha or cutmix_alpha):
         raise ValueError("mix_batches needs a MixUp or a CutMix alpha above 0")
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)

@@ -69,6 +69,11 @@ class TrainConfig:
     cutmix: float = 0.0               # CutMix's Beta alpha (0: off); with both, each batch gets one of the two
     preprocessing: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def soft_labels(self) -> bool:
+        """MixUp or CutMix on: training labels are soft one-hot rows (categorical loss and accuracy)."""
+        return bool(self.mixup or self.cutmix)
+
 
 # --- data --------------------------------------------------------------------------------------------
 
@@ -292,7 +297,7 @@ def _fit_phase(model, train_in, val_in, cfg: TrainConfig, lr: float, epochs: tup
         if getattr(model, "name", "").startswith("focus_"):   # its train_step has its own loss
             model.compile(optimizer=optimizer)
         else:
-            dense = bool(cfg.mixup or cfg.cutmix)  # soft labels: categorical loss and accuracy
+            dense = cfg.soft_labels
             model.compile(optimizer=optimizer,
                           loss=classification_loss(cfg.label_smoothing, model.outputs[0].shape[-1], dense),
                           metrics=[keras.metrics.CategoricalAccuracy(name="accuracy") if dense else "accuracy"])
@@ -342,14 +347,14 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
     from xai_bt.model import architectures
     from xai_bt.model.bundle import BUNDLE_FILE, load_model, save_bundle
     from xai_bt.model.card import write_model_card
+    from xai_bt.model.mixing import check_alphas
 
     if cfg.focus_masks and (cfg.label_smoothing or cfg.ema or cfg.mixup or cfg.cutmix):
         raise ValueError("--label-smoothing, --ema, --mixup and --cutmix are not supported with --focus-masks")
-    if (cfg.mixup or cfg.cutmix) and (cfg.view_model or keras.backend.backend() != "tensorflow"):
+    if cfg.soft_labels and (cfg.view_model or keras.backend.backend() != "tensorflow"):
         raise ValueError("--mixup / --cutmix mix the tf.data batches of a single-input network: they need the "
                          "TensorFlow backend and no --view-model")
-    if cfg.mixup < 0 or cfg.cutmix < 0:
-        raise ValueError(f"--mixup and --cutmix take a Beta alpha >= 0, got {cfg.mixup} and {cfg.cutmix}")
+    check_alphas(cfg.mixup, cfg.cutmix)  # before the scans load; mix_batches checks again for other callers
     if cfg.refit and cfg.schedule == "plateau":
         raise ValueError("a refit has no validation loss to watch: use a fixed schedule (--schedule cosine) "
                          "and the number of epochs a run with validation chose")
@@ -440,7 +445,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
             return make_input(x_all[ii], y_stage[ii], batch, shuffle, cfg.seed,
                               None if extra is None else extra[ii],
                               masks_all[ii] if focus is not None and part == "train" else None,
-                              n_classes=len(stage_classes), one_hot=bool(cfg.mixup or cfg.cutmix), **mixing)
+                              n_classes=len(stage_classes), one_hot=cfg.soft_labels, **mixing)
 
         train_in = data("train", True)
         val_in = None
