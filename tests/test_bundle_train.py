@@ -301,8 +301,6 @@ def test_ema_and_label_smoothing_train_and_are_recorded(tiny_benchmark, tmp_path
     card = (out / "MODEL_CARD.md").read_text()
     assert "--label-smoothing 0.1" in card and "--ema 0.9" in card
     assert load_model(out).predict([str(SAMPLES / "glioma.jpg")]).probabilities.shape == (1, 4)
-    with pytest.raises(ValueError, match="not supported with --focus-masks"):
-        train(_cfg(tiny_benchmark, tmp_path / "x", ema=0.9, focus_masks=str(tiny_benchmark)))
 
 
 def test_mixup_and_cutmix_train_on_soft_labels_and_are_recorded(tiny_benchmark, tmp_path):

@@ -109,6 +109,30 @@ def test_penalty_is_the_class_map_share_outside_the_mask():
     assert after < before                     # training on the penalty moves the map into the mask
 
 
+def test_label_smoothing_and_weight_averaging_reach_the_focus_trainer():
+    """With label smoothing e the trainer's cross-entropy is against (1 - e) one-hot + e / classes, as in
+    plain training; an EMA optimizer averages the network's weights through the trainer's custom step."""
+    keras.utils.set_random_seed(0)
+    model = _tiny()
+    x = np.random.default_rng(1).uniform(0, 255, (4, 32, 32, 1)).astype(np.float32)
+    mask = np.ones((4, 32, 32, 1), np.float32)
+    y = np.array([0, 1, 2, 1])
+    smooth = focus_trainer(model, "last_conv", weight=1.0, augment=False, seed=0, label_smoothing=0.2)
+    loss_ce = float(smooth._focus_losses(x, mask, y, False)[0])
+    want = keras.losses.CategoricalCrossentropy(label_smoothing=0.2)(keras.ops.one_hot(y, 3), model(x))
+    assert loss_ce == pytest.approx(float(want), rel=1e-4)
+    plain = float(focus_trainer(model, "last_conv", 1.0, False, 0)._focus_losses(x, mask, y, False)[0])
+    assert plain == pytest.approx(float(keras.losses.SparseCategoricalCrossentropy()(y, model(x))), rel=1e-4)
+
+    smooth.compile(optimizer=keras.optimizers.SGD(0.05, use_ema=True, ema_momentum=0.5))
+    start = model.get_layer("logits").kernel.numpy().copy()
+    smooth.fit((x, mask), y, epochs=2, verbose=0, callbacks=[keras.callbacks.SwapEMAWeights(swap_on_epoch=True)])
+    averaged = model.get_layer("logits").kernel.numpy()        # the model holds the averaged weights now
+    ema = smooth.optimizer._model_variables_moving_average
+    assert not np.allclose(averaged, start) and any(
+        v.shape == averaged.shape and np.allclose(averaged, v.numpy()) for v in ema)
+
+
 def test_card_repeats_a_focus_run():
     """The card's command repeats a focus-guided run and says which masks supervised."""
     from xai_bt.model.card import render_model_card

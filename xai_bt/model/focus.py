@@ -106,10 +106,11 @@ def check_focus_head(model, layer: str) -> None:
         raise ValueError(f"the focus penalty's class map is taken on the feature map that is pooled, not {layer!r}")
 
 
-def focus_trainer(model, layer: str, weight: float, augment: bool, seed: int):
+def focus_trainer(model, layer: str, weight: float, augment: bool, seed: int, label_smoothing: float = 0.0):
     """A Keras model that trains `model` (shared weights) on ((scan, mask), label) batches with loss
-    cross-entropy + `weight` x the share of the true class's CAM on `layer` outside the mask (scans
-    without a mask add no penalty). Image and mask are augmented together; validation is cross-entropy."""
+    cross-entropy (against smoothed labels with `label_smoothing` e, as plain training) + `weight` x the
+    share of the true class's CAM on `layer` outside the mask (scans without a mask add no penalty).
+    Image and mask are augmented together; validation is the same cross-entropy, without the penalty."""
     import keras
     import tensorflow as tf
 
@@ -121,7 +122,11 @@ def focus_trainer(model, layer: str, weight: float, augment: bool, seed: int):
     intensity = keras.Sequential(aug.layers[3:], name="focus_intensity") if aug else None
     features = keras.Model(model.inputs, [model.get_layer(layer).output, model.get_layer("logits").output])
     kernel = model.get_layer("logits").kernel
-    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    n_classes = int(kernel.shape[-1])
+    smoothed = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
+
+    def ce(y, logits):
+        return smoothed(tf.one_hot(tf.cast(tf.reshape(y, (-1,)), tf.int32), n_classes), logits)
 
     class FocusTrainer(keras.Model):
         def __init__(self):

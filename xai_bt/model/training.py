@@ -349,8 +349,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
     from xai_bt.model.card import write_model_card
     from xai_bt.model.mixing import check_alphas
 
-    if cfg.focus_masks and (cfg.label_smoothing or cfg.ema or cfg.mixup or cfg.cutmix):
-        raise ValueError("--label-smoothing, --ema, --mixup and --cutmix are not supported with --focus-masks")
+    if cfg.focus_masks and cfg.soft_labels:   # a mixed scan has no one mask to point at
+        raise ValueError("--mixup and --cutmix are not supported with --focus-masks")
     if cfg.soft_labels and (cfg.view_model or keras.backend.backend() != "tensorflow"):
         raise ValueError("--mixup / --cutmix mix the tf.data batches of a single-input network: they need the "
                          "TensorFlow backend and no --view-model")
@@ -431,7 +431,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
                 from xai_bt.model.focus import focus_trainer
 
                 fit_model = focus_trainer(built.model, built.last_conv_layer, cfg.focus_weight, cfg.augment,
-                                          cfg.seed)
+                                          cfg.seed, cfg.label_smoothing)
             else:
                 fit_model = training_model(built.model, cfg.augment, cfg.seed)
         last_conv = built.last_conv_layer
