@@ -114,6 +114,7 @@ def focus_trainer(model, layer: str, weight: float, augment: bool, seed: int, la
     import keras
     import tensorflow as tf
 
+    from xai_bt.model.mixing import one_hot_labels
     from xai_bt.model.training import augmentation
 
     check_focus_head(model, layer)
@@ -126,7 +127,7 @@ def focus_trainer(model, layer: str, weight: float, augment: bool, seed: int, la
     smoothed = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
 
     def ce(y, logits):
-        return smoothed(tf.one_hot(tf.cast(tf.reshape(y, (-1,)), tf.int32), n_classes), logits)
+        return smoothed(one_hot_labels(y, n_classes), logits)
 
     class FocusTrainer(keras.Model):
         def __init__(self):
