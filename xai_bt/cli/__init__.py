@@ -21,6 +21,7 @@ COMMANDS = {
     "figures": "paper figures: ROC, calibration, confusion matrices, training curves",
     "audit": "focus audit: does the explanation (and the model) look at the tumor?",
     "calibrate": "fit temperature scaling on a validation split and store it in the bundle",
+    "soup": "average the weights of fine-tunes of one model into one bundle (model soup, WiSE-FT)",
     "competence": "fit the checks that warn when a scan is unlike the training scans, store them in the bundle",
     "report": "one self-contained HTML review page: prediction, heatmaps, model card, caveats",
     "serve": "local web page: upload a scan, see its review (127.0.0.1 by default)",

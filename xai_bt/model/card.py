@@ -72,6 +72,8 @@ def render_model_card(config: dict[str, Any]) -> str:
                  "un-flipped pass)" if config.get("tta") == "hflip" else "")]
     if config.get("imported"):
         lines += _imported_lines(config["imported"], config)
+    if config.get("soup"):
+        lines.append(_soup_line(config["soup"]))
     if tr:
         hw = tr.get("hardware", {})
         lines += ["", "## Training", "",
@@ -115,6 +117,13 @@ def render_model_card(config: dict[str, Any]) -> str:
         lines += ["", f"Reproduce: `python -m xai_bt evaluate {config.get('name')} --data {data}` "
                       "(from the bundle's parent folder, with the dataset at that path)."]
     return "\n".join(lines) + "\n"
+
+
+def _soup_line(soup: dict[str, Any]) -> str:
+    """Which bundles' weights were averaged, and with what weights (xai_bt.model.soup)."""
+    parts = ", ".join(f"`{i['name']}` x {i['weight']:.3g}" for i in soup.get("ingredients", []))
+    return (f"- **Model soup** ({soup.get('reference')}): weights averaged from {parts}; the training record "
+            "below is the first ingredient's")
 
 
 def _focus_lines(focus: dict[str, Any] | None) -> list[str]:
