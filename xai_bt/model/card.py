@@ -122,7 +122,7 @@ def render_model_card(config: dict[str, Any]) -> str:
 def _soup_line(soup: dict[str, Any]) -> str:
     """Which bundles' weights were averaged, and with what weights (xai_bt.model.soup)."""
     parts = ", ".join(f"`{i['name']}` x {i['weight']:.3g}" for i in soup.get("ingredients", []))
-    return (f"- **Model soup** ({soup.get('reference')}): weights averaged from {parts}; the training record "
+    return (f"- **Model soup**: weights averaged from {parts} ({soup.get('reference')}); the training record "
             "below is the first ingredient's")
 
 
