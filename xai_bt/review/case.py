@@ -28,7 +28,8 @@ TILE_DPI = 150
 SCAN_SIDE = 320
 #: How architecture names read (a name not listed reads as `display_name` makes it).
 ARCH_NAMES: dict[str, str] = {
-    "efficientnet_lite0": "EfficientNet-Lite0", "efficientnetb0": "EfficientNet-B0", "mobilenetv2": "MobileNetV2",
+    "efficientnet_lite0": "EfficientNet-Lite0", "efficientnet_lite1": "EfficientNet-Lite1",
+    "efficientnet_lite2": "EfficientNet-Lite2", "efficientnetb0": "EfficientNet-B0", "mobilenetv2": "MobileNetV2",
     "resnet50": "ResNet-50", "vgg16": "VGG16", "xai_cnn": "xai_bt CNN", "baseline_cnn": "baseline CNN",
     "plane_cnn": "plane CNN",
 }
