@@ -23,7 +23,12 @@ def _is_flat(model):
     return not any(isinstance(layer, keras.Model) for layer in model.layers)
 
 
-@pytest.mark.parametrize("arch", sorted(architectures.ARCHITECTURES))
+# the two largest networks train their step only in the slow run (pytest -m slow)
+_SLOW_ARCHS = {"efficientnetb0", "resnet50"}
+
+
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a in _SLOW_ARCHS else a
+                                  for a in sorted(architectures.ARCHITECTURES)])
 def test_builds_flat_and_trains_a_step(arch, real_batch):
     grays, y = real_batch
     size = SIZE[arch]

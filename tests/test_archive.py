@@ -142,6 +142,7 @@ def _no_temporaries(out: Path) -> None:
     assert not hidden, hidden
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_finishes_every_scan_exactly_once(tmp_path):
     from PIL import Image
 
@@ -188,6 +189,7 @@ def test_kill_9_then_resume_finishes_every_scan_exactly_once(tmp_path):
     assert not index.path.read_bytes().count(b"half-written")
 
 
+@pytest.mark.slow
 def test_shards_cover_the_archive_once_and_a_final_resume_merges_them(tmp_path, capsys):
     from xai_bt import cli
 

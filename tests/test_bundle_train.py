@@ -102,6 +102,7 @@ def test_evaluate_leakage_free_part_excludes_exactly_the_twins(single, tiny_benc
     assert res["official"]["n"] == 7 and res["leakage_free"]["n"] == 3
 
 
+@pytest.mark.slow
 def test_cascade_and_two_stage(tiny_benchmark, tmp_path, single):
     casc = load_model(train(_cfg(tiny_benchmark, tmp_path / "cascade", task="cascade")))
     assert casc.kind == "cascade" and casc.config["stage2_classes"] == ["glioma", "meningioma", "pituitary"]
@@ -197,6 +198,7 @@ def test_split_table_reads_a_bundles_split_csv(tmp_path):
         read_split_table(str(tmp_path / "bad.csv"), str(root))
 
 
+@pytest.mark.slow
 def test_budget_stops_mid_epoch(tiny_benchmark, tmp_path, caplog):
     """--budget is a hard training budget: spent after the first batch, the run stops inside epoch 1 of 3,
     still validates and saves a bundle whose card records the budget."""
@@ -212,6 +214,7 @@ def test_budget_stops_mid_epoch(tiny_benchmark, tmp_path, caplog):
     assert load_model(out).predict([str(SAMPLES / "glioma.jpg")]).probabilities.shape == (1, 4)
 
 
+@pytest.mark.slow
 def test_refit_trains_on_the_validation_rows_and_keeps_its_last_epoch(tiny_benchmark, tmp_path):
     """--refit: the rows a run with validation held out are trained on too, with no early stopping (so
     the fixed schedule's last epoch is kept); split.csv and the card say so. A plateau schedule, which
@@ -232,6 +235,7 @@ def test_refit_trains_on_the_validation_rows_and_keeps_its_last_epoch(tiny_bench
     assert "--refit" in card and "a refit:" in card
 
 
+@pytest.mark.slow
 def test_held_out_scans_fit_temperature_and_competence_without_twins_of_the_split(tiny_benchmark, tmp_path):
     """A bundle without validation rows is calibrated on a held-out folder; a held-out scan with a
     twin (here: the mirror of one of its training scans, and a copy of a test scan) is left out."""
@@ -296,6 +300,7 @@ def test_label_smoothing_loss_matches_keras_on_one_hot_labels():
     assert ours > plain  # smoothing penalises the confident rows
 
 
+@pytest.mark.slow
 def test_ema_and_label_smoothing_train_and_are_recorded(tiny_benchmark, tmp_path):
     out = train(_cfg(tiny_benchmark, tmp_path / "ema", epochs=2, label_smoothing=0.1, ema=0.9, schedule="cosine"))
     card = (out / "MODEL_CARD.md").read_text()
@@ -303,6 +308,7 @@ def test_ema_and_label_smoothing_train_and_are_recorded(tiny_benchmark, tmp_path
     assert load_model(out).predict([str(SAMPLES / "glioma.jpg")]).probabilities.shape == (1, 4)
 
 
+@pytest.mark.slow
 def test_mixup_and_cutmix_train_on_soft_labels_and_are_recorded(tiny_benchmark, tmp_path):
     out = train(_cfg(tiny_benchmark, tmp_path / "mix", epochs=1, mixup=0.2, cutmix=1.0, label_smoothing=0.1))
     card = (out / "MODEL_CARD.md").read_text()

@@ -17,6 +17,7 @@ def _run(code: str, env: dict | None = None, timeout: int = 600) -> subprocess.C
                           timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(tiny_benchmark, tmp_path):
     out = tmp_path / "mirrored"
     r = _run(f"""
@@ -41,6 +42,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_benchmark, tmp_path):
     assert p.shape == (1, 4) and np.isclose(p.sum(), 1)
 
 
+@pytest.mark.slow
 def test_model_built_under_jax_loads_under_tensorflow(tmp_path):
     pytest.importorskip("jax")
     r = _run(f"""

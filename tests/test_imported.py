@@ -298,6 +298,7 @@ def test_a_saved_model_folder_predicts_and_takes_gradient_methods(tmp_path, caps
     assert "used in place" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_saved_model_that_answers_differently_each_call_is_refused(tmp_path, capsys):
     """Keras 3's export of a model with a nested augmentation block serves it augmenting (random flips on every
     call, measured here): such a model cannot be explained or evaluated, so it is refused, naming the folder."""
