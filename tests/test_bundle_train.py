@@ -100,6 +100,8 @@ def test_evaluate_leakage_free_part_excludes_exactly_the_twins(single, tiny_benc
     sims = {Path(row["path"]).stem: row["max_similarity_to_training"] for row in res["predictions"]}
     assert all(sims[k] >= TWIN_THRESHOLD for k in copies)
     assert res["official"]["n"] == 7 and res["leakage_free"]["n"] == 3
+    groups = res["official"]["twin_groups"]        # test scans that are twins of one another, counted once
+    assert groups["n"] == 7 and 1 <= groups["n_groups"] <= 7 and groups["low"] <= groups["estimate"] <= groups["high"]
 
 
 @pytest.mark.slow

@@ -325,6 +325,27 @@ def test_accuracy_wilson_interval_textbook_value():
     assert (ci["low"], ci["high"]) == pytest.approx((0.4902, 0.9433), abs=1e-4)
 
 
+
+def test_group_bootstrap_counts_each_twin_group_once():
+    y, p = from_confusion([[16, 4], [0, 0]])  # 16 of 20 scans correct
+    singles = metrics.grouped_accuracy_ci(y, p, np.arange(20))
+    assert singles["n_groups"] == 20 and singles["group_weighted_accuracy"] == pytest.approx(0.8)
+    assert singles["low"] < 0.8 < singles["high"]
+    # the same 20 scans, each present three times as twins: 60 scans, still 20 independent groups
+    y3, p3, g3 = np.repeat(y, 3), np.repeat(p, 3, axis=0), np.repeat(np.arange(20), 3)
+    tripled = metrics.grouped_accuracy_ci(y3, p3, g3)
+    wilson = metrics.accuracy_ci(y3, p3)
+    assert tripled["n"] == 60 and tripled["n_groups"] == 20 and tripled["estimate"] == pytest.approx(0.8)
+    assert tripled["high"] - tripled["low"] > 1.2 * (wilson["high"] - wilson["low"])  # Wilson takes 60 as independent
+    # one wrong scan copied into a group of 4 weighs 4 scans but one group
+    y4, p4 = from_confusion([[9, 4], [0, 0]])
+    weighted = metrics.grouped_accuracy_ci(y4, p4, np.r_[np.arange(9), [9, 9, 9, 9]])
+    assert weighted["estimate"] == pytest.approx(9 / 13) and weighted["group_weighted_accuracy"] == pytest.approx(0.9)
+    perfect = metrics.grouped_accuracy_ci(*from_confusion([[5, 0], [0, 5]]), np.arange(10))
+    assert perfect["low"] == perfect["high"] == 1.0
+    with pytest.raises(ValueError, match="group ids"):
+        metrics.grouped_accuracy_ci(y, p, np.arange(3))
+
 # --------------------------------------------------------------------------------------------- tables
 def test_tables_written_escaped_and_not_overwritten(tmp_path):
     y, p = make_predictions(200)

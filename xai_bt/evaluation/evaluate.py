@@ -2,7 +2,9 @@
 
 The leakage-free part is the test scans that have no twin (a near-duplicate as it is, mirrored, flipped
 or turned: `xai_bt.data.twins`) and no shared patient among the scans the model was trained and validated on
-(its bundle's `split.csv`), so the two numbers side by side show how much of a score is memory.
+(its bundle's `split.csv`), so the two numbers side by side show how much of a score is memory. Test scans
+can also be twins of one another; each part reports how many twin groups its scans form and a CI that
+resamples whole groups, since twins are not independent trials.
 """
 from __future__ import annotations
 
@@ -78,7 +80,8 @@ def evaluate_bundle(model, data: str, threshold: float = TWIN_THRESHOLD, batch_s
     With `write`, the results are also stored in the bundle (bundle.json `metrics`, MODEL_CARD.md)."""
     from xai_bt.data.datasets import load_dataset
     from xai_bt.data.splits import leakage_free, max_similarity
-    from xai_bt.evaluation.metrics import accuracy_ci, classification_report_dict
+    from xai_bt.data.twins import near_duplicate_groups, thumbnails
+    from xai_bt.evaluation.metrics import accuracy_ci, classification_report_dict, grouped_accuracy_ci
     from xai_bt.model.bundle import BUNDLE_FILE, Bundle, load_model, write_config
     from xai_bt.model.card import write_model_card
 
@@ -110,11 +113,15 @@ def evaluate_bundle(model, data: str, threshold: float = TWIN_THRESHOLD, batch_s
     if not trained:
         results["leakage_note"] = ("the scans the model learnt from are unknown, so test scans with a twin "
                                    "among them cannot be left out: no leakage-free result (pass --train-data ROOT)")
+    thumbs = thumbnails(test)
     for part, mask in (("official", np.ones(len(test), bool)), ("leakage_free", free)):
         if mask.sum() == 0:
             continue
         report = classification_report_dict(y[mask], pred.probabilities[mask], names)
         report["accuracy_ci"] = accuracy_ci(y[mask], pred.probabilities[mask])
+        # test scans can be twins of each other too: count each twin group once for an honest interval
+        groups = near_duplicate_groups(thumbs[mask], threshold, link_by=[s.patient_id for s, m in zip(test, mask) if m])
+        report["twin_groups"] = grouped_accuracy_ci(y[mask], pred.probabilities[mask], groups)
         results[part] = report
     results["predictions"] = [
         {"path": s.path, "true": names[t], "pred": names[int(p.argmax())], "leakage_free": bool(f) if trained else None,
@@ -177,6 +184,11 @@ def summary_text(results: dict[str, Any]) -> str:
         lines.append(f"  {part:13s} n={r['n']:5d}  accuracy {r['accuracy']:.4f} "
                      f"(95% CI {ci['low']:.4f}-{ci['high']:.4f})  macro-F1 {r['macro_f1']:.4f}  macro-AUC "
                      f"{r['macro_auc'] if r['macro_auc'] is None else round(r['macro_auc'], 4)}")
+        tg = r.get("twin_groups")
+        if tg and tg["n_groups"] < r["n"]:
+            lines.append(f"  {'':13s} the {r['n']} scans form {tg['n_groups']} groups of twins of one another "
+                         f"(mirror-aware): accuracy {tg['group_weighted_accuracy']:.4f} counting each group once; "
+                         f"95% CI resampling whole groups {tg['low']:.4f}-{tg['high']:.4f}")
         for c, pc in r["per_class"].items():
             lines.append(f"      {c:12s} " + "  ".join(f"{k} {_num(pc[k])}" for k in ("precision", "recall", "specificity"))
                          + f"  F1 {_num(pc['f1'])}  n={pc['support']}")

@@ -103,6 +103,13 @@ def render_model_card(config: dict[str, Any]) -> str:
                 per = " / ".join(f"{c} {pc['support']}" for c, pc in r["per_class"].items())
                 lines.append(f"| {_PART_NAMES[part]} | {r['n']} | {per} | {r['accuracy']:.4f} "
                              f"({ci['low']:.4f}-{ci['high']:.4f}) | {r['macro_f1']:.4f} | {auc} |")
+        grouped = [(part, m[part]["twin_groups"]) for part in ("official", "leakage_free")
+                   if m.get(part) and m[part].get("twin_groups", {}).get("n_groups", m[part]["n"]) < m[part]["n"]]
+        if grouped:
+            lines += ["", "Test scans can be twins of one another too, so they are not all independent trials: "
+                      + "; ".join(f"{_PART_NAMES[part]} ({g['n']}): {g['n_groups']} twin groups, accuracy "
+                                  f"{g['group_weighted_accuracy']:.4f} counting each group once, 95% CI resampling "
+                                  f"whole groups {g['low']:.4f}-{g['high']:.4f}" for part, g in grouped) + "."]
         for part in ("official", "leakage_free"):
             r = m.get(part)
             if not r:
