@@ -23,8 +23,8 @@ def _is_flat(model):
     return not any(isinstance(layer, keras.Model) for layer in model.layers)
 
 
-# the two largest networks train their step only in the slow run (pytest -m slow)
-_SLOW_ARCHS = {"efficientnetb0", "resnet50"}
+# the three largest networks train their step only in the slow run (pytest -m slow)
+_SLOW_ARCHS = {"efficientnetb0", "resnet50", "efficientnet_lite2"}
 
 
 @pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a in _SLOW_ARCHS else a

@@ -170,6 +170,7 @@ def test_refuses_to_overwrite_and_checks_all_targets_first(tmp_path):
     assert {p.name: os.stat(p).st_mtime_ns for p in tmp_path.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_a_figure_of_every_method_keeps_all_text_inside():
     """Every registered method on one figure (four panels a row, a labelled colour bar each): no title, label
     or legend may stick out of the two-column width, or the saved file cuts it off."""

@@ -95,7 +95,7 @@ def test_nested_layers_are_listed_by_path_and_found_by_tail(files):
         resolve(bundle.model, "no_such_layer")
 
 
-@pytest.mark.parametrize("fmt", ["keras", "h5"])
+@pytest.mark.parametrize("fmt", ["keras", pytest.param("h5", marks=pytest.mark.slow)])  # h5 in the slow run
 def test_gradcam_through_a_nested_backbone_equals_the_flat_network(files, fmt):
     """The nested pass gives the activations, gradients and scores of the same network built flat."""
     from xai_bt.attribution import cams
@@ -158,7 +158,7 @@ def test_flat_cnn_gradcam_matches_tf_keras_vis(tmp_path):
 
 # --- the command line ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fmt", ["keras", "h5"])
+@pytest.mark.parametrize("fmt", ["keras", pytest.param("h5", marks=pytest.mark.slow)])  # h5 in the slow run
 def test_explain_takes_a_model_file_with_classes(files, fmt, tmp_path, capsys):
     out = tmp_path / "ex"
     argv = ["explain", SCAN, "--model", str(files[fmt]), "--classes", CLASSES, "--methods", "gradcam,layercam,saliency",
@@ -275,6 +275,7 @@ def test_bad_model_files_get_one_line_naming_the_file(files, tmp_path, capsys):
     assert "my_model.keras: a Keras model, not an xai_bt bundle" in err and "--classes" in err
 
 
+@pytest.mark.slow
 def test_a_saved_model_folder_predicts_and_takes_gradient_methods(tmp_path, capsys):
     """A SavedModel runs in place: same probabilities, gradient methods on its log-probabilities; it shows no
     layers, so CAM methods and import-model are refused with one line each."""
@@ -309,6 +310,7 @@ def test_a_saved_model_that_answers_differently_each_call_is_refused(tmp_path, c
     assert len(err) == 1 and "augmenting: the SavedModel gives different outputs" in err[0]
 
 
+@pytest.mark.slow
 def test_the_randomisation_cascade_steps_into_the_nested_backbone(files):
     """The sanity check re-draws the backbone block by block, not the whole nested model in one step."""
     from xai_bt.attribution.explain import explain_batch
