@@ -98,8 +98,9 @@ def evaluate_bundle(model, data: str, threshold: float = TWIN_THRESHOLD, batch_s
         raise ValueError(f"{data}: no labelled test scans for this model's classes {list(bundle.class_names)}")
     keep, pred, errors = predict_samples(bundle, test, batch_size, calibrated)
     test, y = [test[i] for i in keep], y[keep]
+    thumbs = thumbnails(test)  # once: for the twins among training scans and the twin groups within the test
     if trained:
-        sims = max_similarity(test, trained)
+        sims = max_similarity(test, trained, thumbs=thumbs)
         free = np.array(leakage_free(test, trained, threshold=threshold, similarity=sims))
     else:  # nothing known it learnt from: no leakage-free part (it would only repeat the official one)
         sims, free = np.full(len(test), np.nan), np.zeros(len(test), bool)
@@ -113,7 +114,6 @@ def evaluate_bundle(model, data: str, threshold: float = TWIN_THRESHOLD, batch_s
     if not trained:
         results["leakage_note"] = ("the scans the model learnt from are unknown, so test scans with a twin "
                                    "among them cannot be left out: no leakage-free result (pass --train-data ROOT)")
-    thumbs = thumbnails(test)
     for part, mask in (("official", np.ones(len(test), bool)), ("leakage_free", free)):
         if mask.sum() == 0:
             continue

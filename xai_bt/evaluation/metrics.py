@@ -594,7 +594,6 @@ def accuracy_ci(y_true: Any, y_prob: Any, alpha: float = 0.05) -> dict[str, Any]
             "n": n, "method": "wilson"}
 
 
-
 def grouped_accuracy_ci(y_true: Any, y_prob: Any, groups: Any, alpha: float = 0.05, n_resamples: int = 2000,
                         seed: int = 0) -> dict[str, Any]:
     """Accuracy of test scans that come in twin groups (near-copies of each other, mirrored or not).
@@ -622,6 +621,7 @@ def grouped_accuracy_ci(y_true: Any, y_prob: Any, groups: Any, alpha: float = 0.
     return {"estimate": estimate, "low": low, "high": high, "alpha": alpha, "n": len(y), "n_groups": len(ids),
             "group_weighted_accuracy": float(np.mean(hits / sizes)), "method": "group bootstrap (percentile)",
             "n_resamples": n_resamples}
+
 
 # --------------------------------------------------------------------------------------------- figure data
 def roc_plot_data(
