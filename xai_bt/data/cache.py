@@ -69,11 +69,13 @@ def prepare_samples(samples: Sequence[Sample], pre: Preprocessing, use_cache: bo
             bar.update(1)
     bar.close()
     if use_cache:
+        from xai_bt.io.atomic import write_atomic
+
+        # a private temporary name per writer: several processes (multi-worker training) may fill one key at once
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, x=out, err_path=np.array([e.path for e in errors], dtype=str),
-                 err_msg=np.array([e.problem for e in errors], dtype=str))
-        os.replace(tmp, path)
+        write_atomic(path, lambda fh: np.savez(fh, x=out, err_path=np.array([e.path for e in errors], dtype=str),
+                                               err_msg=np.array([e.problem for e in errors], dtype=str)),
+                     durable=False)
     return out, errors
 
 
