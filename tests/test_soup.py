@@ -36,7 +36,12 @@ def test_soup_is_the_weighted_mean_and_refits_nothing_silently(pair, tmp_path):
     assert [i["weight"] for i in cfg["soup"]["ingredients"]] == [0.25, 0.75]
     assert cfg["temperature"] == 1.0 and "calibration" not in cfg and "metrics" not in cfg
     assert (out / "split.csv").read_bytes() == (a / "split.csv").read_bytes()
-    assert "Model soup" in (out / "MODEL_CARD.md").read_text()
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "Model soup" in card
+    # how each ingredient was trained travels with the soup, so the card says how to make it again
+    for ing in cfg["soup"]["ingredients"]:
+        assert ing["command"].startswith("python -m xai_bt train --arch xai_cnn") and ing["seconds"] > 0
+        assert f"`{ing['name']}`: `{ing['command']}`" in card
 
 
 def test_soup_of_a_model_with_itself_predicts_like_it(pair, tmp_path):

@@ -127,10 +127,16 @@ def render_model_card(config: dict[str, Any]) -> str:
 
 
 def _soup_line(soup: dict[str, Any]) -> str:
-    """Which bundles' weights were averaged, and with what weights (xai_bt.model.soup)."""
-    parts = ", ".join(f"`{i['name']}` x {i['weight']:.3g}" for i in soup.get("ingredients", []))
-    return (f"- **Model soup**: weights averaged from {parts} ({soup.get('reference')}); the training record "
+    """Which bundles' weights were averaged, with what weights and how each was trained (xai_bt.model.soup)."""
+    ingredients = soup.get("ingredients", [])
+    parts = ", ".join(f"`{i['name']}` x {i['weight']:.3g}" for i in ingredients)
+    line = (f"- **Model soup**: weights averaged from {parts} ({soup.get('reference')}); the training record "
             "below is the first ingredient's")
+    made = [f"`{i['name']}`: `{i['command']}`" + (f" ({i['seconds'] / 60:.1f} min)" if i.get("seconds") else "")
+            for i in ingredients if i.get("command")]
+    if made:
+        line += "; the ingredients were trained by " + "; ".join(made)
+    return line
 
 
 def _focus_lines(focus: dict[str, Any] | None) -> list[str]:

@@ -87,10 +87,24 @@ def soup_bundles(ingredients: Sequence[str | os.PathLike], out: str | os.PathLik
     config = {k: v for k, v in configs[0].items() if k not in FITTED_TO_OUTPUTS}
     config.update(name=target.name, temperature=1.0,
                   soup={"method": "weight averaging", "reference": REFERENCE,
-                        "ingredients": [{"bundle": str(p), "name": c.get("name", p.name), "weight": float(w)}
-                                        for p, c, w in zip(paths, configs, mix)]})
+                        "ingredients": [_ingredient(p, c, w) for p, c, w in zip(paths, configs, mix)]})
     write_config(target, config)
     from xai_bt.model.card import write_model_card
 
     write_model_card(target)
     return target
+
+
+def _ingredient(path: Path, config: dict[str, Any], weight: float) -> dict[str, Any]:
+    """What the soup records of one ingredient: where it was, its weight, and the command and time that
+    trained it, so the card tells how to make the soup again (the first ingredient's record alone does not)."""
+    from xai_bt.model.card import training_command
+
+    entry: dict[str, Any] = {"bundle": str(path), "name": config.get("name", path.name), "weight": float(weight)}
+    tr = config.get("training") or {}
+    if tr.get("config"):
+        entry["command"] = training_command(tr["config"])
+        entry["seconds"] = tr.get("seconds")
+    if config.get("soup"):
+        entry["soup"] = config["soup"]
+    return entry
