@@ -1,6 +1,7 @@
 """Training, saving, loading and predicting end to end on a handful of real scans."""
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -238,9 +239,11 @@ def test_refit_trains_on_the_validation_rows_and_keeps_its_last_epoch(tiny_bench
 
 
 @pytest.mark.slow
-def test_held_out_scans_fit_temperature_and_competence_without_twins_of_the_split(tiny_benchmark, tmp_path):
+def test_held_out_scans_fit_temperature_and_competence_without_twins_of_the_split(tiny_benchmark, tmp_path,
+                                                                                    capsys):
     """A bundle without validation rows is calibrated on a held-out folder; a held-out scan with a
-    twin (here: the mirror of one of its training scans, and a copy of a test scan) is left out."""
+    twin (here: the mirror of one of its training scans, and a copy of a test scan) is left out; a folder
+    whose twin-free scans are all of one class gets an error that says so."""
     import cv2
 
     from xai_bt.model.bundle import read_config
@@ -257,6 +260,13 @@ def test_held_out_scans_fit_temperature_and_competence_without_twins_of_the_spli
     cv2.imwrite(str(held / "glioma" / "mirrored_training_scan.png"), cv2.imread(str(seen))[:, ::-1])
     test_scan = sorted((tiny_benchmark / "Testing" / "notumor").glob("*.jpg"))[0]
     shutil.copy(test_scan, held / "notumor" / "copy_of_a_test_scan.jpg")
+    one_class = tmp_path / "one_class"
+    shutil.copytree(held / "notumor", one_class / "notumor")
+    capsys.readouterr()
+    assert cli.main(["calibrate", str(out), "--data", str(tiny_benchmark), "--held-out", str(one_class)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"one_class: all \d+ usable validation scans are no_tumor \(\d+ more left out as twins", err)
+    assert "a temperature needs scans of at least two classes" in err
     assert cli.main(["calibrate", str(out), "--data", str(tiny_benchmark), "--held-out", str(held)]) == 0
     cal = read_config(out)["calibration"]
     assert cal["held_out"] == str(held) and cal["n_val_twins_left_out"] >= 2
