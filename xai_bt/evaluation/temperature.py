@@ -234,14 +234,14 @@ def calibrate_bundle(model, data: str | os.PathLike, overwrite: bool = False, ba
     x, errors = prepare_samples(samples, bundle.preprocessing)
     bad = failed_indices(samples, errors)
     keep = [i for i in range(len(samples)) if i not in bad]
+    y = y[keep]
     source = held_out or data
     if len(keep) < 2:
         raise ValueError(f"{source}: {len(keep)} usable validation scans; too few to fit a temperature")
-    if len(np.unique(y[keep])) < 2:
+    if len(np.unique(y)) < 2:
         twins = f" ({n_twins} more left out as twins of the bundle's scans)" if n_twins else ""
-        raise ValueError(f"{source}: all {len(keep)} usable validation scans are {bundle.class_names[y[keep][0]]}"
+        raise ValueError(f"{source}: all {len(keep)} usable validation scans are {bundle.class_names[y[0]]}"
                          f"{twins}; a temperature needs scans of at least two classes")
-    y = y[keep]
     logits = raw_logits(bundle, to_model_input(x[keep]), batch_size)
     t = fit_bundle_temperature(bundle, logits, y)     # warns when T sits on a bound of T_BOUNDS
     bias, bias_record = None, None
