@@ -22,6 +22,7 @@ COMMANDS = {
     "audit": "focus audit: does the explanation (and the model) look at the tumor?",
     "calibrate": "fit temperature scaling on a validation split and store it in the bundle",
     "soup": "average the weights of fine-tunes of one model into one bundle (model soup, WiSE-FT)",
+    "ensemble": "one network from several models: the mean of their logits (a deep ensemble)",
     "competence": "fit the checks that warn when a scan is unlike the training scans, store them in the bundle",
     "report": "one self-contained HTML review page: prediction, heatmaps, model card, caveats",
     "serve": "local web page: upload a scan, see its review (127.0.0.1 by default)",

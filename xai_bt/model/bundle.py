@@ -351,6 +351,8 @@ def load_model(path: str | os.PathLike, classes: str | Sequence[str] | None = No
         return import_model(path, classes if classes is not None else (), **import_options)
     config = read_config(path)
     root = bundle_dir(path)
+    import xai_bt.model.ensemble  # noqa: F401  (registers the ensemble's routing layer for safe-mode loading)
+
     networks = {}
     for name in _NETWORK_FILES[config["kind"]]:
         f = root / f"{name}.keras"

@@ -74,6 +74,8 @@ def render_model_card(config: dict[str, Any]) -> str:
         lines += _imported_lines(config["imported"], config)
     if config.get("soup"):
         lines.append(_soup_line(config["soup"]))
+    if config.get("ensemble"):
+        lines.append(_ensemble_line(config["ensemble"]))
     if tr:
         hw = tr.get("hardware", {})
         lines += ["", "## Training", "",
@@ -136,6 +138,30 @@ def _soup_line(soup: dict[str, Any]) -> str:
             for i in ingredients if i.get("command")]
     if made:
         line += "; the ingredients were trained by " + "; ".join(made)
+    return line
+
+
+def _ensemble_line(ens: dict[str, Any]) -> str:
+    """Which bundles' logits the network averages and how each was made (xai_bt.model.ensemble)."""
+    members = ens.get("members", [])
+    names = ", ".join("`" + m["name"] + "`" for m in members)
+    joined = ", ".join("`" + n + "`" for n in ens.get("joined_layers", []))
+    line = (f"- **Ensemble**: one network computing the mean of the logits of {names} ({ens.get('reference')}); "
+            f"its CAM layers ({joined}) join the members' channels, so "
+            "heatmaps explain the ensemble; the training record below is the first member's")
+    made = []
+    for m in members:
+        how = f"`{m['name']}`: "
+        if m.get("soup"):
+            how += _soup_line(m["soup"]).removeprefix("- **Model soup**: ").replace(
+                "; the training record below is the first ingredient's", "")
+        elif m.get("command"):
+            how += f"`{m['command']}`" + (f" ({m['seconds'] / 60:.1f} min)" if m.get("seconds") else "")
+        else:
+            continue
+        made.append(how)
+    if made:
+        line += "; the members: " + "; ".join(made)
     return line
 
 

@@ -50,7 +50,8 @@ def spatial_layer_shapes(model, prefix: str = "") -> list[tuple[str, tuple[int, 
     out: list[tuple[str, tuple[int, int, int]]] = []
     for layer in model.layers:
         path = f"{prefix}{layer.name}"
-        if isinstance(layer, keras.layers.InputLayer) or layer.name.startswith(ADAPTER) or _is_preprocessing(layer):
+        if (isinstance(layer, keras.layers.InputLayer) or layer.name.startswith(ADAPTER) or _is_preprocessing(layer)
+                or getattr(layer, "routing_only", False)):
             continue
         if is_nested_model(layer):
             out.extend(spatial_layer_shapes(layer, path + SEPARATOR))

@@ -173,6 +173,9 @@ def model_description(config: dict[str, Any]) -> str:
     else:
         arch = config.get("arch")
         arch_name = ARCH_NAMES.get(str(arch), display_name(arch)) if arch else "architecture not recorded"
+        members = (config.get("ensemble") or {}).get("members")
+        if members:
+            arch_name = f"ensemble of {len(members)} {arch_name} networks (mean of their logits)"
         kind = _KIND_NAMES.get(str(config.get("kind")), "")
         if config.get("task") == "view":
             what = f"view classifier ({', '.join(display_name(c) for c in classes)}): {arch_name}, {size} px"

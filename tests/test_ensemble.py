@@ -1,0 +1,92 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from xai_bt import cli
+from xai_bt.attribution.cams import fusion_layers, gradcam, layer_pass, layercam
+from xai_bt.model.bundle import BundleError, load_model, run_network
+from xai_bt.model.ensemble import ensemble_bundles
+from xai_bt.model.layers import spatial_layer_shapes
+from xai_bt.model.training import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_benchmark, tmp_path_factory):
+    """A tiny trained bundle and a copy with perturbed weights (a stand-in for a second seed)."""
+    root = tmp_path_factory.mktemp("ensemble")
+    a = train(TrainConfig(arch="xai_cnn", data=str(tiny_benchmark), out=str(root / "a"), epochs=1, batch_size=8,
+                          patience=2, preprocessing={"image_size": 48}))
+    b = root / "b"
+    shutil.copytree(a, b)
+    net = load_model(b).model
+    rng = np.random.default_rng(0)
+    net.set_weights([w + rng.normal(0, 0.2, w.shape).astype(w.dtype) if np.issubdtype(w.dtype, np.floating) else w
+                     for w in net.get_weights()])
+    net.save(b / "model.keras")
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def ensemble(pair, tmp_path_factory):
+    return ensemble_bundles(list(pair), tmp_path_factory.mktemp("ens") / "e")
+
+
+def _batch(bundle, n=3):
+    images = [np.random.default_rng(i).uniform(0, 255, (64, 64)).astype(np.uint8) for i in range(n)]
+    return bundle.prepare(images)
+
+
+def test_ensemble_logits_are_the_mean_of_the_members(pair, ensemble):
+    members = [load_model(p) for p in pair]
+    ens = load_model(ensemble)                       # safe mode: the routing layer is a registered class
+    x = _batch(ens)
+    mean = np.mean([run_network(m.logits_model(), x) for m in members], axis=0)
+    np.testing.assert_allclose(run_network(ens.logits_model(), x), mean, rtol=1e-4, atol=1e-4)
+    cfg = json.loads((ensemble / "bundle.json").read_text())
+    assert cfg["kind"] == "single" and cfg["temperature"] == 1.0
+    assert not {"calibration", "metrics", "competence", "explanation", "tta"} & set(cfg)
+    assert [m["weight"] for m in cfg["ensemble"]["members"]] == [0.5, 0.5]
+    assert (ensemble / "split.csv").read_bytes() == (pair[0] / "split.csv").read_bytes()
+    card = (ensemble / "MODEL_CARD.md").read_text()
+    assert "**Ensemble**" in card and "python -m xai_bt train --arch xai_cnn" in card
+
+
+def test_ensemble_cams_are_the_members_maps_summed(pair, ensemble):
+    """The joined layer's gradient is each member's halved, so Grad-CAM / Layer-CAM there is the mean of the
+    members' maps: the heatmap explains the ensemble, not one member."""
+    members = [load_model(p) for p in pair]
+    ens = load_model(ensemble)
+    x = _batch(ens)
+    targets = np.array([0, 1, 3])
+    layers = fusion_layers(members[0].model, 3)
+    assert fusion_layers(ens.model, 3) == layers   # routing slices are not CAM layers
+    assert not any(p.endswith("_channels") for p, _ in spatial_layer_shapes(ens.model))
+    for layer in layers:
+        acts, grads, _ = layer_pass(ens.logits_model(), [x], layer, targets)
+        parts = [layer_pass(m.logits_model(), [x], layer, targets)[:2] for m in members]
+        for fn in (gradcam, layercam):
+            np.testing.assert_allclose(fn(acts, grads), np.mean([fn(a, g) for a, g in parts], axis=0),
+                                       rtol=1e-3, atol=1e-5)
+
+
+def test_ensemble_refuses_what_cannot_be_one_model(pair, tmp_path):
+    a, b = pair
+    with pytest.raises(ValueError, match="at least two"):
+        ensemble_bundles([a], tmp_path / "e")
+    with pytest.raises(ValueError, match="members"):
+        ensemble_bundles([a, b], a, overwrite=True)
+    other = tmp_path / "other"
+    shutil.copytree(b, other)
+    (other / "split.csv").write_text((other / "split.csv").read_text().replace(",train", ",val", 1))
+    with pytest.raises(BundleError, match="split.csv differs"):
+        ensemble_bundles([a, other], tmp_path / "u")
+
+
+def test_ensemble_cli(pair, tmp_path, capsys):
+    a, b = pair
+    assert cli.main(["ensemble", str(tmp_path / "e"), str(a), str(b)]) == 0
+    assert "mean of the logits" in capsys.readouterr().out
+    assert cli.main(["ensemble", str(tmp_path / "e"), str(a), str(b)]) == 2
+    assert "already there" in capsys.readouterr().err
