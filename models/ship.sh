@@ -2,6 +2,7 @@
 # Make a trained tumor bundle the shipped default, and regenerate everything that shows it:
 #
 #   bash models/ship.sh /path/to/trained_bundle      # about 1 h on a 2-core CPU, most of it the audit
+#   TTA=none bash models/ship.sh BUNDLE               # keep it without test-time augmentation
 #
 # Copies the bundle to models/default (named "default"), fits the temperature with and without flip TTA and
 # keeps the one with the lower twin-free validation NLL, refits the competence checks, evaluates into the
@@ -22,12 +23,14 @@ nll() { "$PY" -c "import json; print(json.load(open('models/default/bundle.json'
 rm -rf models/default && cp -r "$SRC" models/default && rm -rf models/default/checkpoints
 "$PY" -c "from xai_bt.model.bundle import read_config, write_config; c = read_config('models/default'); c['name'] = 'default'; write_config('models/default', c)"
 run "$PY" -m xai_bt calibrate models/default --data "$D" --tta none --overwrite
-none=$(nll)
-run "$PY" -m xai_bt calibrate models/default --data "$D" --tta hflip --overwrite
-flip=$(nll)
-echo "twin-free validation NLL after temperature scaling: no TTA $none, flip TTA $flip" >&2
-if "$PY" -c "import sys; sys.exit(0 if $none < $flip else 1)"; then
-  run "$PY" -m xai_bt calibrate models/default --data "$D" --tta none --overwrite
+if [ "${TTA:-auto}" = auto ]; then   # TTA=none: never flip (an ensemble with flips would pass 20 ms per scan)
+  none=$(nll)
+  run "$PY" -m xai_bt calibrate models/default --data "$D" --tta hflip --overwrite
+  flip=$(nll)
+  echo "twin-free validation NLL after temperature scaling: no TTA $none, flip TTA $flip" >&2
+  if "$PY" -c "import sys; sys.exit(0 if $none < $flip else 1)"; then
+    run "$PY" -m xai_bt calibrate models/default --data "$D" --tta none --overwrite
+  fi
 fi
 run "$PY" -m xai_bt competence models/default --data "$D" --overwrite
 run "$PY" -m xai_bt evaluate models/default --data "$D" --update-card
