@@ -90,3 +90,14 @@ def test_ensemble_cli(pair, tmp_path, capsys):
     assert "mean of the logits" in capsys.readouterr().out
     assert cli.main(["ensemble", str(tmp_path / "e"), str(a), str(b)]) == 2
     assert "already there" in capsys.readouterr().err
+
+
+def test_randomisation_steps_take_each_block_in_every_member_at_once(pair, ensemble):
+    from xai_bt.audit.measure import cascade_layers
+    from xai_bt.model.layers import ENSEMBLE_MEMBER
+
+    member = cascade_layers(load_model(pair[0]).model)
+    steps = cascade_layers(load_model(ensemble).model)
+    assert len(steps) == len(member)
+    for ours, theirs in zip(steps, member):
+        assert ENSEMBLE_MEMBER.sub("", ours) == theirs

@@ -107,11 +107,17 @@ def faithfulness_scores(bundle, x: np.ndarray, targets: np.ndarray, maps: dict[s
 def cascade_layers(keras_model) -> list[str]:
     """Randomisation steps, top-down: one per run of weighted layers sharing a block prefix
     (`block7a_...`/`block7b_...` -> block7, `stage3_...`, `conv5_...`; else the name's first word, as
-    `logits`, `top`, `stem`). Each step is the run's lowest layer, so the step randomises the whole block."""
+    `logits`, `top`, `stem`). Each step is the run's lowest layer, so the step randomises the whole block
+    (in an ensemble, in all its members at once)."""
     from xai_bt.audit.randomisation import weighted_layers
+    from xai_bt.model.layers import ENSEMBLE_MEMBER
+
+    ensemble = keras_model.name.startswith("ensemble_of_")
 
     def key(path: str) -> str:  # the block of the layer's own name, within its nested model
         parent, _, name = path.rpartition("/")
+        if ensemble:  # one step randomises that block in every member (m0_block7a_..., m1_block7a_...)
+            name = ENSEMBLE_MEMBER.sub("", name)
         match = re.match(r"[A-Za-z]+_?\d+", name)
         return parent + "/" + (match.group(0).lower() if match else name.split("_")[0].lower())
 

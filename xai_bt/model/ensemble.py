@@ -117,7 +117,7 @@ def ensemble_network(models: Sequence[Any], last_conv_layer: str, cam_layers: Se
             raise ValueError(f"{m.name}: its input differs from {models[0].name}'s; members must share one input")
     taps = [t for t in cam_layers if t != last_conv_layer]
     inp = keras.Input(shape, name=models[0].inputs[0].name)
-    gens = [_replay(m, inp, f"m{i}_", taps, last_conv_layer) for i, m in enumerate(models)]
+    gens = [_replay(m, inp, f"m{i}_", taps, last_conv_layer) for i, m in enumerate(models)]  # layers.ENSEMBLE_MEMBER
     values = [next(g) for g in gens]
     while True:
         names = {name for name, _ in values}

@@ -10,11 +10,14 @@ output, and the outer graph from the nested model's output to the score.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 SEPARATOR = "/"
 #: name prefix of the input-adapter layers an imported model is wrapped in: not CAM candidates
 ADAPTER = "xai_bt_input_"
+#: name prefix of an ensemble member's own layers (xai_bt.model.ensemble): m0_, m1_, ...
+ENSEMBLE_MEMBER = re.compile(r"^m\d+_")
 
 
 def is_nested_model(layer: Any) -> bool:
