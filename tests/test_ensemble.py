@@ -9,23 +9,12 @@ from xai_bt.attribution.cams import fusion_layers, gradcam, layer_pass, layercam
 from xai_bt.model.bundle import BundleError, load_model, run_network
 from xai_bt.model.ensemble import ensemble_bundles
 from xai_bt.model.layers import spatial_layer_shapes
-from xai_bt.model.training import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
-def pair(tiny_benchmark, tmp_path_factory):
+def pair(tiny_pair):
     """A tiny trained bundle and a copy with perturbed weights (a stand-in for a second seed)."""
-    root = tmp_path_factory.mktemp("ensemble")
-    a = train(TrainConfig(arch="xai_cnn", data=str(tiny_benchmark), out=str(root / "a"), epochs=1, batch_size=8,
-                          patience=2, preprocessing={"image_size": 48}))
-    b = root / "b"
-    shutil.copytree(a, b)
-    net = load_model(b).model
-    rng = np.random.default_rng(0)
-    net.set_weights([w + rng.normal(0, 0.2, w.shape).astype(w.dtype) if np.issubdtype(w.dtype, np.floating) else w
-                     for w in net.get_weights()])
-    net.save(b / "model.keras")
-    return a, b
+    return tiny_pair(0.2)
 
 
 @pytest.fixture(scope="module")

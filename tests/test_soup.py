@@ -7,23 +7,12 @@ import pytest
 from xai_bt import cli
 from xai_bt.model.bundle import BundleError, load_model, write_config
 from xai_bt.model.soup import mix_weights, soup_bundles
-from xai_bt.model.training import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
-def pair(tiny_benchmark, tmp_path_factory):
+def pair(tiny_pair):
     """A tiny trained bundle and a copy with shifted weights (a stand-in for its fine-tune)."""
-    root = tmp_path_factory.mktemp("soup")
-    a = train(TrainConfig(arch="xai_cnn", data=str(tiny_benchmark), out=str(root / "a"), epochs=1, batch_size=8,
-                          patience=2, preprocessing={"image_size": 48}))
-    b = root / "b"
-    shutil.copytree(a, b)
-    net = load_model(b).model
-    rng = np.random.default_rng(0)
-    net.set_weights([w + rng.normal(0, 0.05, w.shape).astype(w.dtype) if np.issubdtype(w.dtype, np.floating) else w
-                     for w in net.get_weights()])
-    net.save(b / "model.keras")
-    return a, b
+    return tiny_pair(0.05)
 
 
 def test_soup_is_the_weighted_mean_and_refits_nothing_silently(pair, tmp_path):

@@ -20,7 +20,7 @@ from typing import Any, Generator, Sequence
 import keras
 import numpy as np
 
-from xai_bt.model.bundle import BUNDLE_FILE, BundleError, load_model, write_config
+from xai_bt.model.bundle import BundleError, load_model, write_config
 
 REFERENCE = "Lakshminarayanan et al. 2017 (deep ensembles): the mean of the members' logits"
 
@@ -157,16 +157,12 @@ def ensemble_bundles(members: Sequence[str | os.PathLike], out: str | os.PathLik
     one class list, preprocessing and split.csv). The first member gives the configuration and training
     record; temperature, TTA, competence, metrics and explanation are left to be refitted."""
     from xai_bt.attribution.cams import fusion_layers
-    from xai_bt.model.soup import _check_compatible, _ingredient
+    from xai_bt.model.soup import _check_compatible, _ingredient, check_target
 
     paths = [Path(p) for p in members]
     if len(paths) < 2:
         raise ValueError("an ensemble needs at least two bundles")
-    target = Path(out)
-    if target.resolve() in {p.resolve() for p in paths}:
-        raise ValueError(f"{target}: the ensemble cannot replace one of its members")
-    if (target / BUNDLE_FILE).exists() and not overwrite:
-        raise FileExistsError(f"{target}: a model bundle is already there; pass overwrite=True (--overwrite) to replace it")
+    target = check_target(out, paths, "the ensemble", "members", overwrite)
     bundles = [load_model(p) for p in paths]
     for b in bundles:
         if b.kind != "single":

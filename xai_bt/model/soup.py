@@ -54,6 +54,17 @@ def _check_compatible(configs: list[dict[str, Any]], paths: list[Path]) -> None:
                               "training split (train the fine-tune with --split or --init-from on the first)")
 
 
+def check_target(out: str | os.PathLike, sources: Sequence[Path], what: str, parts: str, overwrite: bool) -> Path:
+    """The folder for a bundle made from `sources`: not one of them, and not an existing bundle unless
+    `overwrite`."""
+    target = Path(out)
+    if target.resolve() in {p.resolve() for p in sources}:
+        raise ValueError(f"{target}: {what} cannot replace one of its {parts}")
+    if (target / BUNDLE_FILE).exists() and not overwrite:
+        raise FileExistsError(f"{target}: a model bundle is already there; pass overwrite=True (--overwrite) to replace it")
+    return target
+
+
 def soup_bundles(ingredients: Sequence[str | os.PathLike], out: str | os.PathLike,
                  weights: Sequence[float] | None = None, *, overwrite: bool = False) -> Path:
     """Write the bundle whose networks are the `weights`-weighted mean (default: equal) of the
@@ -66,11 +77,7 @@ def soup_bundles(ingredients: Sequence[str | os.PathLike], out: str | os.PathLik
     if mix.shape != (len(paths),) or np.any(mix < 0) or mix.sum() <= 0:
         raise ValueError(f"give one non-negative weight per bundle ({len(paths)}), not all zero")
     mix = mix / mix.sum()
-    target = Path(out)
-    if target.resolve() in {p.resolve() for p in paths}:
-        raise ValueError(f"{target}: the soup cannot replace one of its ingredients")
-    if (target / BUNDLE_FILE).exists() and not overwrite:
-        raise FileExistsError(f"{target}: a model bundle is already there; pass overwrite=True (--overwrite) to replace it")
+    target = check_target(out, paths, "the soup", "ingredients", overwrite)
     bundles = [load_model(p) for p in paths]
     paths = [b.path for b in bundles]
     configs = [b.config for b in bundles]
