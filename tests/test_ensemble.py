@@ -40,6 +40,7 @@ def test_ensemble_logits_are_the_mean_of_the_members(pair, ensemble):
     assert (ensemble / "split.csv").read_bytes() == (pair[0] / "split.csv").read_bytes()
     card = (ensemble / "MODEL_CARD.md").read_text()
     assert "**Ensemble**" in card and "python -m xai_bt train --arch xai_cnn" in card
+    assert "`xai_cnn` x 2 (an ensemble" in card
 
 
 def test_ensemble_cams_are_the_members_maps_summed(pair, ensemble):

@@ -54,7 +54,8 @@ def render_model_card(config: dict[str, Any]) -> str:
     tc = tr.get("config", {})
     lines = [f"# Model card: {config.get('name')}", "",
              f"- **Kind**: {config['kind']} ({config.get('task', 'tumor')} classifier), architecture "
-             f"`{config.get('arch')}`",
+             f"`{config.get('arch')}`" + (f" x {len(config['ensemble']['members'])} (an ensemble: see below)"
+                                          if config.get("ensemble") else ""),
              f"- **Classes**: {', '.join(config['class_names'])}"]
     if config.get("view_names"):
         lines.append(f"- **Views** (first stage): {', '.join(config['view_names'])}; view model "
