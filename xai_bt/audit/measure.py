@@ -110,9 +110,9 @@ def cascade_layers(keras_model) -> list[str]:
     `logits`, `top`, `stem`). Each step is the run's lowest layer, so the step randomises the whole block
     (in an ensemble, in all its members at once)."""
     from xai_bt.audit.randomisation import weighted_layers
-    from xai_bt.model.layers import ENSEMBLE_MEMBER
+    from xai_bt.model.layers import ENSEMBLE_MEMBER, ENSEMBLE_NAME
 
-    ensemble = keras_model.name.startswith("ensemble_of_")
+    ensemble = keras_model.name.startswith(ENSEMBLE_NAME)
 
     def key(path: str) -> str:  # the block of the layer's own name, within its nested model
         parent, _, name = path.rpartition("/")

@@ -131,10 +131,14 @@ def render_model_card(config: dict[str, Any]) -> str:
 
 def _soup_line(soup: dict[str, Any]) -> str:
     """Which bundles' weights were averaged, with what weights and how each was trained (xai_bt.model.soup)."""
+    return "- **Model soup**: " + _soup_text(soup, "; the training record below is the first ingredient's")
+
+
+def _soup_text(soup: dict[str, Any], note: str = "") -> str:
+    """A soup's ingredients, weights and training commands; `note` goes after the reference."""
     ingredients = soup.get("ingredients", [])
     parts = ", ".join(f"`{i['name']}` x {i['weight']:.3g}" for i in ingredients)
-    line = (f"- **Model soup**: weights averaged from {parts} ({soup.get('reference')}); the training record "
-            "below is the first ingredient's")
+    line = f"weights averaged from {parts} ({soup.get('reference')}){note}"
     made = [f"`{i['name']}`: `{i['command']}`" + (f" ({i['seconds'] / 60:.1f} min)" if i.get("seconds") else "")
             for i in ingredients if i.get("command")]
     if made:
@@ -154,8 +158,7 @@ def _ensemble_line(ens: dict[str, Any]) -> str:
     for m in members:
         how = f"`{m['name']}`: "
         if m.get("soup"):
-            how += _soup_line(m["soup"]).removeprefix("- **Model soup**: ").replace(
-                "; the training record below is the first ingredient's", "")
+            how += _soup_text(m["soup"])
         elif m.get("command"):
             how += f"`{m['command']}`" + (f" ({m['seconds'] / 60:.1f} min)" if m.get("seconds") else "")
         else:

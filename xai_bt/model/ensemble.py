@@ -21,6 +21,8 @@ import keras
 import numpy as np
 
 from xai_bt.model.bundle import BundleError, load_model, write_config
+from xai_bt.model.layers import ENSEMBLE_NAME
+from xai_bt.model.soup import FITTED_TO_OUTPUTS, _check_compatible, _ingredient, check_target
 
 REFERENCE = "Lakshminarayanan et al. 2017 (deep ensembles): the mean of the members' logits"
 
@@ -143,12 +145,11 @@ def ensemble_network(models: Sequence[Any], last_conv_layer: str, cam_layers: Se
     kernels, biases = zip(*(h[2].get_weights() for h in heads))
     dense.set_weights([np.concatenate(kernels, axis=0) / len(models), np.mean(biases, axis=0)])
     out = keras.layers.Activation("softmax", name="probabilities", dtype="float32")(logits)
-    return keras.Model(inp, out, name=f"ensemble_of_{len(models)}")
+    return keras.Model(inp, out, name=f"{ENSEMBLE_NAME}{len(models)}")
 
 
-#: bundle.json entries fitted to one network's outputs: an ensemble must refit them
-FITTED_TO_OUTPUTS = ("temperature", "class_bias", "calibration", "tta", "competence", "metrics", "explanation",
-                     "soup")
+#: bundle.json entries an ensemble drops: what was fitted to one network's outputs, and the first member's soup
+DROPPED = (*FITTED_TO_OUTPUTS, "soup")
 
 
 def ensemble_bundles(members: Sequence[str | os.PathLike], out: str | os.PathLike, *,
@@ -157,7 +158,6 @@ def ensemble_bundles(members: Sequence[str | os.PathLike], out: str | os.PathLik
     one class list, preprocessing and split.csv). The first member gives the configuration and training
     record; temperature, TTA, competence, metrics and explanation are left to be refitted."""
     from xai_bt.attribution.cams import fusion_layers
-    from xai_bt.model.soup import _check_compatible, _ingredient, check_target
 
     paths = [Path(p) for p in members]
     if len(paths) < 2:
@@ -177,7 +177,7 @@ def ensemble_bundles(members: Sequence[str | os.PathLike], out: str | os.PathLik
     for extra in ("split.csv", "history.csv"):
         if (first.path / extra).is_file():
             shutil.copyfile(first.path / extra, target / extra)
-    config = {k: v for k, v in configs[0].items() if k not in FITTED_TO_OUTPUTS}
+    config = {k: v for k, v in configs[0].items() if k not in DROPPED}
     config.update(name=target.name, temperature=1.0,
                   ensemble={"method": "mean of the members' logits, one network", "reference": REFERENCE,
                             "joined_layers": list(dict.fromkeys([first.last_conv_layer, *cam_layers])),

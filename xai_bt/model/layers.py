@@ -16,7 +16,8 @@ from typing import Any, Callable
 SEPARATOR = "/"
 #: name prefix of the input-adapter layers an imported model is wrapped in: not CAM candidates
 ADAPTER = "xai_bt_input_"
-#: name prefix of an ensemble member's own layers (xai_bt.model.ensemble): m0_, m1_, ...
+#: name prefix of an ensemble network (xai_bt.model.ensemble), and of each member's own layers: m0_, m1_, ...
+ENSEMBLE_NAME = "ensemble_of_"
 ENSEMBLE_MEMBER = re.compile(r"^m\d+_")
 
 
