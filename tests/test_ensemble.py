@@ -37,10 +37,36 @@ def test_ensemble_logits_are_the_mean_of_the_members(pair, ensemble):
     assert cfg["kind"] == "single" and cfg["temperature"] == 1.0
     assert not {"calibration", "metrics", "competence", "explanation", "tta"} & set(cfg)
     assert [m["weight"] for m in cfg["ensemble"]["members"]] == [0.5, 0.5]
+    folded = cfg["ensemble"]["folded_batchnorm"]
+    assert folded > 0 and "batch normalisations are folded" in (ensemble / "MODEL_CARD.md").read_text()
+    assert sum(type(la).__name__ == "BatchNormalization" for la in ens.model.layers) == sum(
+        type(la).__name__ == "BatchNormalization" for m in members for la in m.model.layers) - folded
     assert (ensemble / "split.csv").read_bytes() == (pair[0] / "split.csv").read_bytes()
     card = (ensemble / "MODEL_CARD.md").read_text()
     assert "**Ensemble**" in card and "python -m xai_bt train --arch xai_cnn" in card
     assert "`xai_cnn` x 2 (an ensemble" in card
+
+
+@pytest.mark.parametrize("kind", ["conv", "depthwise"])
+def test_batchnorm_folds_into_the_convolution_before_it(kind):
+    """bn(conv(x)) == folded(x) with non-trivial statistics, a conv bias and a depth multiplier of 2."""
+    import keras
+
+    from xai_bt.model.ensemble import _folded
+
+    rng = np.random.default_rng(0)
+    conv = (keras.layers.Conv2D(6, 3, padding="same") if kind == "conv"
+            else keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", use_bias=False))
+    bn = keras.layers.BatchNormalization(epsilon=1e-3)
+    x = rng.normal(size=(2, 7, 7, 3)).astype(np.float32)
+    bn(conv(x), training=False)  # builds both layers
+    bn.set_weights([rng.uniform(0.5, 2, 6), rng.normal(size=6), rng.normal(size=6), rng.uniform(0.1, 3, 6)])
+    layer, weights = _folded(conv, bn, "folded")
+    layer(x)
+    layer.set_weights(weights)
+    y = np.asarray(bn(conv(x), training=False))
+    assert layer.name == "folded" and y.shape == (2, 7, 7, 6)
+    np.testing.assert_allclose(np.asarray(layer(x)), y, rtol=1e-4, atol=1e-5)
 
 
 def test_ensemble_cams_are_the_members_maps_summed(pair, ensemble):

@@ -153,7 +153,9 @@ def _ensemble_line(ens: dict[str, Any]) -> str:
     joined = ", ".join("`" + n + "`" for n in ens.get("joined_layers", []))
     line = (f"- **Ensemble**: one network computing the mean of the logits of {names} ({ens.get('reference')}); "
             f"its CAM layers ({joined}) join the members' channels, so "
-            "heatmaps explain the ensemble; the training record below is the first member's")
+            "heatmaps explain the ensemble; the training record below is the first member's"
+            + (f"; {ens['folded_batchnorm']} batch normalisations are folded into the convolutions before them "
+               "(inference only)" if ens.get("folded_batchnorm") else ""))
     made = []
     for m in members:
         how = f"`{m['name']}`: "

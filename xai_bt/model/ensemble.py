@@ -8,7 +8,10 @@ channels side by side), which the members read their own channels back from; the
 then reaches that layer as the members' gradients, so Grad-CAM / Layer-CAM there is the members' maps summed,
 the explanation of the ensemble itself rather than of one member. The head is one dense layer over the
 members' pooled features whose weights are theirs stacked and divided by their number: exactly the mean
-logit. Choose members and compare ensembles on validation (`calibrate`), never on a test set.
+logit. The network is for inference only, so each batch normalisation that alone follows a linear
+convolution is folded into that convolution's kernel and bias (same outputs up to float rounding, about a
+third less time on a CPU). Choose members and compare ensembles on validation (`calibrate`), never on a
+test set.
 """
 from __future__ import annotations
 
@@ -55,6 +58,45 @@ def _copy(layer, name: str):
     return type(layer).from_config(config)
 
 
+def _folded(conv, bn, name: str):
+    """A copy of `conv` (Conv2D or DepthwiseConv2D, linear, channels last) named `name`, with the inference-time
+    `bn` that follows it folded into its kernel and bias: bn(conv(x)) == folded(x)."""
+    def arr(v):
+        return np.asarray(keras.ops.convert_to_numpy(v), np.float64)
+
+    config = conv.get_config()
+    config.update(name=name, use_bias=True)
+    layer = type(conv).from_config(config)
+    kernel = arr(conv.kernel)
+    channels = kernel.shape[2] * kernel.shape[3] if isinstance(conv, keras.layers.DepthwiseConv2D) else kernel.shape[3]
+    bias = arr(conv.bias) if conv.use_bias else np.zeros(channels)
+    gamma = arr(bn.gamma) if bn.scale else np.ones(channels)
+    beta = arr(bn.beta) if bn.center else np.zeros(channels)
+    scale = gamma / np.sqrt(arr(bn.moving_variance) + bn.epsilon)
+    kernel = kernel * scale.reshape(kernel.shape[2:]) if isinstance(conv, keras.layers.DepthwiseConv2D) else kernel * scale
+    return layer, [kernel.astype(np.float32), ((bias - arr(bn.moving_mean)) * scale + beta).astype(np.float32)]
+
+
+def _foldable(model, keep: set[str]) -> list[tuple[Any, Any]]:
+    """(convolution node, the batch-normalisation node that alone reads its output) for each pair `_folded`
+    can merge (neither layer named in `keep`, whose outputs must stay in the graph)."""
+    readers: dict[int, list] = {}
+    for nodes in model._nodes_by_depth.values():
+        for node in nodes:
+            for parent in node.parent_nodes:
+                readers.setdefault(id(parent), []).append(node)
+    pairs = []
+    for nodes in model._nodes_by_depth.values():
+        for node in nodes:
+            conv, after = node.operation, readers.get(id(node), [])
+            if (type(conv) in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D) and len(after) == 1
+                    and type(after[0].operation) is keras.layers.BatchNormalization
+                    and conv.get_config().get("activation") == "linear" and conv.data_format == "channels_last"
+                    and after[0].operation.axis in (-1, 3) and not {conv.name, after[0].operation.name} & keep):
+                pairs.append((node, after[0]))
+    return pairs
+
+
 def _ancestors(model, layer_name: str) -> set[int]:
     """ids of the graph nodes `layer_name`'s output depends on, its own node included."""
     start = model.get_layer(layer_name)._inbound_nodes
@@ -74,18 +116,26 @@ def _ancestors(model, layer_name: str) -> set[int]:
 def _replay(model, x, prefix: str, taps: Sequence[str], stop: str) -> Generator[tuple[str, Any], Any, None]:
     """Re-run `model`'s layers up to `stop` on tensor `x`, as fresh copies named `prefix + name` with the
     same weights. At each layer in `taps` (and at `stop`) yield (name, its output) and go on from the tensor
-    sent back (the member's channels of the joined layer)."""
+    sent back (the member's channels of the joined layer). Batch normalisations are folded (`_foldable`)."""
     needed = _ancestors(model, stop)
+    pairs = _foldable(model, {*taps, stop})
+    fold, convs = {id(bn): conv for conv, bn in pairs}, {id(conv): bn for conv, bn in pairs}
     tensors = {id(model.inputs[0]): x}
     for depth in sorted(model._nodes_by_depth, reverse=True):
         for node in model._nodes_by_depth[depth]:
             op = node.operation
             if node.is_input or op is None or id(node) not in needed:
                 continue
+            if id(node) in fold:  # folded into the convolution before it: pass its output on
+                tensors[id(node.outputs[0])] = tensors[id(fold[id(node)].outputs[0])]
+                continue
             args, kwargs = node.arguments.fill_in(tensors)
-            layer = _copy(op, prefix + op.name)
+            if id(node) in convs:
+                layer, weights = _folded(op, convs[id(node)].operation, prefix + op.name)
+            else:
+                layer, weights = _copy(op, prefix + op.name), op.get_weights()
             out = layer(*args, **kwargs)
-            layer.set_weights(op.get_weights())
+            layer.set_weights(weights)
             if op.name in taps or op.name == stop:
                 out = yield op.name, out
                 if op.name == stop:
@@ -148,6 +198,10 @@ def ensemble_network(models: Sequence[Any], last_conv_layer: str, cam_layers: Se
     return keras.Model(inp, out, name=f"{ENSEMBLE_NAME}{len(models)}")
 
 
+def _batchnorms(model) -> int:
+    return sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+
+
 #: bundle.json entries an ensemble drops: what was fitted to one network's outputs, and the first member's soup
 DROPPED = (*FITTED_TO_OUTPUTS, "soup")
 
@@ -181,6 +235,7 @@ def ensemble_bundles(members: Sequence[str | os.PathLike], out: str | os.PathLik
     config.update(name=target.name, temperature=1.0,
                   ensemble={"method": "mean of the members' logits, one network", "reference": REFERENCE,
                             "joined_layers": list(dict.fromkeys([first.last_conv_layer, *cam_layers])),
+                            "folded_batchnorm": sum(map(_batchnorms, [b.model for b in bundles])) - _batchnorms(network),
                                       "members": [_ingredient(b.path, c, 1 / len(bundles)) for b, c in zip(bundles, configs)]})
     write_config(target, config)
     from xai_bt.model.card import write_model_card
