@@ -117,3 +117,15 @@ def test_randomisation_steps_take_each_block_in_every_member_at_once(pair, ensem
     assert len(steps) == len(member)
     for ours, theirs in zip(steps, member):
         assert ENSEMBLE_MEMBER.sub("", ours) == theirs
+
+
+def test_review_page_says_the_model_is_an_ensemble(ensemble):
+    from xai_bt.review.case import model_description, model_summary
+    from xai_bt.review.html import model_html
+
+    ens = load_model(ensemble)
+    summary = model_summary(ens)
+    assert summary["ensemble"] == 2
+    size = ens.preprocessing.image_size
+    assert f"2 x xai_cnn, input {size} px (one network: the mean of their logits)" in model_html(summary)
+    assert model_description(ens.config).startswith("ensemble of 2 ")

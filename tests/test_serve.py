@@ -149,7 +149,7 @@ def test_each_model_has_a_one_line_description_from_its_bundle(server):
         assert f"{config['preprocessing']['image_size']} px" in text
         assert f"accuracy {official['accuracy']:.1%} (n = {official['n']})" in text
         assert f"leakage-free {leakage_free['accuracy']:.1%} (n = {leakage_free['n']})" in text
-    assert _option(page, "model", "default").startswith("default — EfficientNet-Lite0, ")
+    assert "EfficientNet-Lite0" in _option(page, "model", "default")   # the architecture, an ensemble's too
     assert "two-stage" in _option(page, "model", "two_stage")
     assert "view classifier" in _option(page, "view_model", "view")
 
@@ -497,7 +497,7 @@ def test_browser_upload_in_headless_chromium(server, predicted, tmp_path):
         assert re.fullmatch(rf"http://{re.escape(host)}:{port}/reviews/[^/]+\.html", driver.current_url)
         assert shown.text == predicted.replace("_", " ")  # what the model says (for this unseen scan: pituitary)
         assert "calibrated probability" in driver.find_element(By.ID, "case-0").text
-        assert driver.find_element(By.ID, "model-description").text.startswith("Model default: EfficientNet-Lite0")
+        assert driver.find_element(By.ID, "model-description").text == f"Model default: {app.descriptions['default']}"
         assert driver.execute_script(                                  # the scan's review comes before the notes
             "return document.getElementById('case-0').compareDocumentPosition(document.getElementById('notes'))") == 4
         widths = driver.execute_script(

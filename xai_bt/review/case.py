@@ -143,6 +143,7 @@ def model_summary(bundle) -> dict[str, Any]:
         "training_data": Path(str(tc["data"])).name if tc.get("data") else None,
         "n_train": training.get("n_train"), "n_val": training.get("n_val"), "n_test": training.get("n_test"),
         "metrics": [], "description": model_description(cfg),
+        "ensemble": len((cfg.get("ensemble") or {}).get("members") or ()),
     }
     if cfg.get("imported"):
         rec = cfg["imported"]

@@ -75,7 +75,9 @@ def notes_html() -> str:
 def model_html(summary: dict[str, Any]) -> str:
     """Model card summary: name, architecture, classes, training data, calibration, test accuracy."""
     rows = [("Model", f"{summary['name']} ({summary['kind']} {summary['task']} classifier)"),
-            ("Architecture", f"{summary['arch'] or 'not recorded'}, input {summary['input_size']} px"),
+            ("Architecture", (f"{summary['ensemble']} x " if summary.get("ensemble") else "")
+             + f"{summary['arch'] or 'not recorded'}, input {summary['input_size']} px"
+             + (" (one network: the mean of their logits)" if summary.get("ensemble") else "")),
             ("Classes", ", ".join(display_name(c) for c in summary["classes"]))]
     if summary.get("views"):
         rows.append(("Views (first stage)", ", ".join(summary["views"])))
