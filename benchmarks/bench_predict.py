@@ -1,6 +1,7 @@
 """Inference cost of a model bundle on this machine: ms per scan at a batch size, with and without the
-bundle's test-time augmentation, on real test scans already prepared (decoding is not timed). Each setting is timed over all n scans `--repeats`
-times; the median pass is the figure, the fastest and slowest show the machine's noise.
+bundle's test-time augmentation, on real test scans already prepared (decoding is not timed). Each setting
+is timed over all n scans `--repeats` times; the median pass is the figure, the fastest and slowest show
+the machine's noise.
 
     python benchmarks/bench_predict.py [--model models/default] [--batch-size 32] [--n 320] [--repeats 5]
 """

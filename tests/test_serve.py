@@ -149,7 +149,7 @@ def test_each_model_has_a_one_line_description_from_its_bundle(server):
         assert f"{config['preprocessing']['image_size']} px" in text
         assert f"accuracy {official['accuracy']:.1%} (n = {official['n']})" in text
         assert f"leakage-free {leakage_free['accuracy']:.1%} (n = {leakage_free['n']})" in text
-    assert "EfficientNet-Lite0" in _option(page, "model", "default")   # the architecture, an ensemble's too
+    assert re.match(r"default — (ensemble of \d+ )?EfficientNet-Lite0", _option(page, "model", "default"))
     assert "two-stage" in _option(page, "model", "two_stage")
     assert "view classifier" in _option(page, "view_model", "view")
 

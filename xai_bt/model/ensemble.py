@@ -68,12 +68,13 @@ def _folded(conv, bn, name: str):
     config.update(name=name, use_bias=True)
     layer = type(conv).from_config(config)
     kernel = arr(conv.kernel)
-    channels = kernel.shape[2] * kernel.shape[3] if isinstance(conv, keras.layers.DepthwiseConv2D) else kernel.shape[3]
+    depthwise = isinstance(conv, keras.layers.DepthwiseConv2D)   # kernel (h, w, in, multiplier): out = in x multiplier
+    channels = kernel.shape[2] * kernel.shape[3] if depthwise else kernel.shape[3]
     bias = arr(conv.bias) if conv.use_bias else np.zeros(channels)
     gamma = arr(bn.gamma) if bn.scale else np.ones(channels)
     beta = arr(bn.beta) if bn.center else np.zeros(channels)
     scale = gamma / np.sqrt(arr(bn.moving_variance) + bn.epsilon)
-    kernel = kernel * scale.reshape(kernel.shape[2:]) if isinstance(conv, keras.layers.DepthwiseConv2D) else kernel * scale
+    kernel = kernel * (scale.reshape(kernel.shape[2:]) if depthwise else scale)
     return layer, [kernel.astype(np.float32), ((bias - arr(bn.moving_mean)) * scale + beta).astype(np.float32)]
 
 
@@ -236,7 +237,7 @@ def ensemble_bundles(members: Sequence[str | os.PathLike], out: str | os.PathLik
                   ensemble={"method": "mean of the members' logits, one network", "reference": REFERENCE,
                             "joined_layers": list(dict.fromkeys([first.last_conv_layer, *cam_layers])),
                             "folded_batchnorm": sum(map(_batchnorms, [b.model for b in bundles])) - _batchnorms(network),
-                                      "members": [_ingredient(b.path, c, 1 / len(bundles)) for b, c in zip(bundles, configs)]})
+                            "members": [_ingredient(b.path, c, 1 / len(bundles)) for b, c in zip(bundles, configs)]})
     write_config(target, config)
     from xai_bt.model.card import write_model_card
 
